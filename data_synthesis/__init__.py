@@ -1,0 +1,1 @@
+"""Data synthesis stages (solve, rollout, label, rationale, filter, export) and converters into GenPRM training conversations."""

@@ -1,0 +1,81 @@
+"""``genprm-convert``: step-labelled records to direct-mode GenPRM training conversations.
+
+Input: JSONL in the ProcessBench / PRM800K style, one record per line with ``problem``,
+``steps`` (list of paragraphs) and either ``label`` (index of the first wrong step, or -1) or
+``labels`` (one 0/1 per step). Output: JSONL rows ``{"id", "conversations"}`` that
+``type: genprm_train.prompt_strategy`` trains on. Each conversation judges the steps up to and
+including the first wrong one (SYSTEM_DIRECT, judgement-only assistant turns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from genprm.format import parse_turn
+from genprm.records import RecordError, record_messages
+
+_LABEL_KEYS = ("label", "labels")
+
+
+class InputError(ValueError):
+    """A line of the input file that is not a usable step-labelled record."""
+
+
+def convert(source: Path, target: Path) -> dict[str, int]:
+    """Convert ``source`` into ``target`` (written atomically); returns counts."""
+    rows, yes, no = [], 0, 0
+    with source.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{source}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not any(record.get(k) is not None for k in _LABEL_KEYS):
+                raise InputError(f"{where}: expected an object with problem, steps and label(s)")
+            step_record = {key: record.get(key) for key in ("id", "problem", "steps", *_LABEL_KEYS)}
+            try:
+                messages = record_messages(step_record)
+            except RecordError as error:
+                raise InputError(f"{where}: {error}") from None
+            judgements = [parse_turn(m["content"]).judgement for m in messages if m["role"] == "assistant"]
+            yes, no = yes + judgements.count(True), no + judgements.count(False)
+            rows.append({"id": str(record.get("id", f"{source.stem}-{number}")), "conversations": messages})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with staging.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    staging.replace(target)
+    return {"conversations": len(rows), "yes_turns": yes, "no_turns": no}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="genprm-convert",
+        description="Turn step-labelled records (problem, steps, first-error label) into "
+        "direct-mode GenPRM training conversations.",
+    )
+    parser.add_argument("input", type=Path, help="JSONL with problem, steps and label or labels")
+    parser.add_argument("output", type=Path, help="JSONL of {id, conversations} to train on")
+    args = parser.parse_args(argv)
+    try:
+        counts = convert(args.input, args.output)
+    except (InputError, OSError) as error:
+        print(f"genprm-convert: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {counts['conversations']} conversations ({counts['yes_turns']} Yes turns, "
+        f"{counts['no_turns']} No turns) to {args.output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

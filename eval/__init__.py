@@ -1,0 +1,1 @@
+"""Evaluation: ProcessBench, Best-of-N and test-time scaling (Maj@N)."""

@@ -1,0 +1,396 @@
+"""The shipped axolotl configs pass axolotl 0.19's own validation, offline, and say what the
+GenPRM paper says (arXiv 2504.00891: lr 2e-6, global batch 64, 8192-token sequences).
+
+``axolotl.cli.config.load_cfg`` cannot run here: it fetches the base model's config from the hub
+and initialises DeepSpeed with NCCL. ``validate_config`` is the part of it that checks keys and
+values, and it runs offline, so these tests call it the way ``load_cfg`` does: register the
+plugins, then validate with the machine's capabilities.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+pytest.importorskip("axolotl")
+
+from axolotl.integrations.base import PluginManager  # noqa: E402
+from axolotl.utils.config import prepare_plugins, validate_config  # noqa: E402
+from axolotl.utils.dict import DictDefault  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "axolotl_configs"
+DEEPSPEED_DIR = CONFIG_DIR / "deepspeed"
+
+PLUGIN = "genprm_train.GenPRMPlugin"
+DATASET_TYPE = "genprm_train.prompt_strategy"
+GENPRM_KEYS = ("genprm_train_on_code_output", "genprm_dataset_stats")
+
+# The paper's training setup; the GPU configs assume one 8-GPU node.
+PAPER_GPUS = 8
+PAPER_GLOBAL_BATCH = 64
+PAPER_LR = 2e-6
+PAPER_SEQUENCE_LEN = 8192
+
+FULL_SFT = {
+    "genprm-1.5b.yml": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    "genprm-7b.yml": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+    "genprm-32b.yml": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+}
+LORA = "genprm-7b-lora.yml"
+CPU = "genprm-smollm2-cpu.yml"
+GPU_CONFIGS = sorted([*FULL_SFT, LORA])
+ALL_CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yml"))
+
+# An 8 x H100 node, as axolotl.cli.config.gpu_capabilities() would report it there.
+H100_CAPABILITIES = {
+    "bf16": True,
+    "fp8": False,
+    "tf32": True,
+    "n_gpu": PAPER_GPUS,
+    "compute_capability": "sm_90",
+}
+
+# DeepSpeed keys that transformers' HfTrainerDeepSpeedConfig fills when they say "auto".
+HF_AUTO_KEYS = {
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "train_batch_size",
+    "gradient_clipping",
+    "bf16.enabled",
+    "fp16.enabled",
+    "optimizer.params.lr",
+    "optimizer.params.betas",
+    "optimizer.params.eps",
+    "optimizer.params.weight_decay",
+    "scheduler.params.warmup_min_lr",
+    "scheduler.params.warmup_max_lr",
+    "scheduler.params.total_num_steps",
+    "scheduler.params.warmup_num_steps",
+    "zero_optimization.reduce_bucket_size",
+    "zero_optimization.stage3_prefetch_bucket_size",
+    "zero_optimization.stage3_param_persistence_threshold",
+}
+
+
+def load_yaml(name: str) -> dict:
+    return yaml.safe_load((CONFIG_DIR / name).read_text(encoding="utf-8"))
+
+
+def env_capabilities() -> dict:
+    import torch
+
+    return {"torch_version": str(torch.__version__).split("+", maxsplit=1)[0]}
+
+
+@pytest.fixture(autouse=True)
+def isolated_plugin_manager():
+    """PluginManager is a process-wide singleton: start every test with no plugins registered
+    and give back whatever other tests had registered."""
+    manager = PluginManager.get_instance()
+    saved_plugins = collections.OrderedDict(manager.plugins)
+    saved_cfg = manager.cfg
+    manager.plugins.clear()
+    yield manager
+    manager.plugins.clear()
+    manager.plugins.update(saved_plugins)
+    manager.cfg = saved_cfg
+
+
+@pytest.fixture
+def validate(monkeypatch):
+    """Validate a raw config dict like ``load_cfg`` does, without the hub or NCCL."""
+
+    def _validate(raw: dict, name: str) -> DictDefault:
+        cfg = DictDefault(copy.deepcopy(raw))
+        prepare_plugins(cfg)
+        if name == CPU:
+            from axolotl.cli.config import gpu_capabilities
+
+            capabilities, env = gpu_capabilities()  # this machine, as `axolotl train` sees it
+        else:
+            # Not this machine's CUDA: whether flash-attn is installed here is not the config's
+            # business (axolotl skips that check on CPU-only hosts).
+            import torch
+
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+            capabilities, env = H100_CAPABILITIES, env_capabilities()
+        return validate_config(cfg, capabilities=capabilities, env_capabilities=env)
+
+    return _validate
+
+
+def test_expected_configs_are_shipped():
+    assert ALL_CONFIGS == sorted([*GPU_CONFIGS, CPU])
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_config_validates_and_keeps_genprm_keys(name, validate):
+    raw = load_yaml(name)
+    assert raw["plugins"] == [PLUGIN]
+    assert raw["genprm_train_on_code_output"] is False
+    assert [ds["type"] for ds in raw["datasets"]] == [DATASET_TYPE]
+
+    cfg = validate(raw, name)
+
+    assert PLUGIN in PluginManager.get_instance().plugins
+    assert cfg.plugins == [PLUGIN]
+    assert cfg.genprm_train_on_code_output is False
+    assert cfg.genprm_dataset_stats is True  # the plugin's default, filled in by the schema
+    assert [ds["type"] for ds in cfg.datasets] == [DATASET_TYPE]
+    assert cfg.output_dir == f"outputs/{Path(name).stem}"
+    assert cfg.wandb_project == "genprm"
+    assert cfg.wandb_name == Path(name).stem
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_config_has_no_unknown_or_deprecated_keys(name, validate):
+    """Axolotl drops keys it does not know and strips deprecated ones (e.g. 0.19 turns
+    `flash_attention: true` into `attn_implementation`): every key written must be live."""
+    from axolotl.integrations.config import merge_input_args
+    from axolotl.utils.schemas.datasets import SFTDataset
+
+    raw = load_yaml(name)
+    prepare_plugins(DictDefault(copy.deepcopy(raw)))
+    _, input_config = merge_input_args()
+    fields = input_config.model_fields
+    unknown = sorted(set(raw) - set(fields))
+    assert not unknown, f"{name}: keys axolotl 0.19 does not know: {unknown}"
+    deprecated = sorted(key for key in raw if fields[key].deprecated)
+    assert not deprecated, f"{name}: deprecated keys: {deprecated}"
+    for ds in raw["datasets"]:
+        assert not set(ds) - set(SFTDataset.model_fields), ds
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_deepspeed_path_exists_with_the_right_stage(name):
+    raw = load_yaml(name)
+    text = (CONFIG_DIR / name).read_text(encoding="utf-8")
+    # The `deepspeed:` key and any file a comment points users to, relative to the repo root.
+    mentioned = set(re.findall(r"axolotl_configs/deepspeed/[\w.-]+\.json", text))
+    if raw.get("deepspeed"):
+        assert raw["deepspeed"] in mentioned
+        assert not Path(raw["deepspeed"]).is_absolute()
+    for rel in mentioned:
+        path = REPO_ROOT / rel
+        assert path.is_file(), f"{name} names {rel}, which does not exist"
+        json.loads(path.read_text(encoding="utf-8"))
+
+    if name == CPU:
+        assert "deepspeed" not in raw
+        return
+    stage = json.loads((REPO_ROOT / raw["deepspeed"]).read_text())["zero_optimization"]["stage"]
+    assert stage == (2 if name == LORA else 3)
+
+
+def global_batch(cfg, gpus: int) -> int:
+    return cfg["micro_batch_size"] * cfg["gradient_accumulation_steps"] * gpus
+
+
+def stated_gpu_count(name: str) -> int:
+    """The GPU count the config's header comment says it assumes."""
+    head = [line for line in (CONFIG_DIR / name).read_text().splitlines() if line.startswith("#")]
+    counts = {int(n) for n in re.findall(r"Assumes (\d+) GPUs", "\n".join(head))}
+    assert len(counts) == 1, f"{name}: the header must state one assumed GPU count"
+    return counts.pop()
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_gpu_config_matches_the_paper(name, validate):
+    raw = load_yaml(name)
+    # PyYAML reads `2e-6` as a string; the configs must write a float.
+    assert isinstance(raw["learning_rate"], float)
+    assert stated_gpu_count(name) == PAPER_GPUS
+    assert global_batch(raw, PAPER_GPUS) == PAPER_GLOBAL_BATCH
+
+    cfg = validate(raw, name)
+
+    assert global_batch(cfg, PAPER_GPUS) == PAPER_GLOBAL_BATCH
+    assert cfg.sequence_len == PAPER_SEQUENCE_LEN
+    assert cfg.sample_packing is True
+    assert cfg.pad_to_sequence_len is True
+    assert cfg.bf16 is True
+    assert cfg.attn_implementation == "flash_attention_2"
+    assert cfg.gradient_checkpointing is True
+    assert cfg.lr_scheduler == "cosine"
+    assert cfg.warmup_ratio == pytest.approx(0.03)
+    assert cfg.num_epochs == 3
+    assert cfg.dataset_prepared_path == "last_run_prepared"
+    assert [(ds["path"], ds.get("split")) for ds in cfg.datasets] == [
+        ("GenPRM/GenPRM-MATH-Data", "train")
+    ]
+    # Long jobs resume after a crash: full checkpoints, picked up again automatically.
+    assert cfg.save_strategy == "steps" and not cfg.save_only_model
+    assert cfg.auto_resume_from_checkpoints is True
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SFT))
+def test_full_sft_configs(name, validate):
+    cfg = validate(load_yaml(name), name)
+    assert cfg.base_model == FULL_SFT[name]
+    assert cfg.learning_rate == pytest.approx(PAPER_LR)
+    assert not cfg.adapter
+    assert cfg.deepspeed == "axolotl_configs/deepspeed/zero3_bf16.json"
+
+
+def test_32b_accumulates_more_than_the_smaller_models():
+    accumulation = {name: load_yaml(name)["gradient_accumulation_steps"] for name in FULL_SFT}
+    assert accumulation["genprm-32b.yml"] == max(accumulation.values())
+    assert load_yaml("genprm-32b.yml")["micro_batch_size"] == 1
+
+
+def test_lora_config(validate):
+    cfg = validate(load_yaml(LORA), LORA)
+    assert cfg.base_model == FULL_SFT["genprm-7b.yml"]
+    assert cfg.adapter == "lora"
+    assert (cfg.lora_r, cfg.lora_alpha) == (64, 128)
+    assert cfg.lora_dropout == pytest.approx(0.05)
+    assert cfg.lora_target_linear is True
+    assert cfg.learning_rate == pytest.approx(10 * PAPER_LR)
+    assert cfg.deepspeed == "axolotl_configs/deepspeed/zero2_bf16.json"
+
+
+def test_cpu_config(validate, monkeypatch):
+    raw = load_yaml(CPU)
+    cfg = validate(raw, CPU)
+
+    assert cfg.bf16 is False and cfg.fp16 is False and cfg.tf32 is False
+    assert not cfg.bfloat16 and not cfg.float16
+    assert cfg.attn_implementation == "sdpa"
+    assert not cfg.attn_uses_flash_lib
+    assert not cfg.deepspeed and not cfg.fsdp_config
+    assert not cfg.adapter and not cfg.load_in_8bit and not cfg.load_in_4bit
+    assert cfg.wandb_mode == "offline"
+    assert cfg.sample_packing is False
+    assert cfg.sequence_len == 1024
+    assert cfg.optimizer == "adamw_torch"
+    assert cfg.dataloader_num_workers == 0
+    assert cfg.seed == 42
+    assert cfg.val_set_size == 0
+    assert (cfg.micro_batch_size, cfg.gradient_accumulation_steps) == (2, 1)
+    # A checkpoint (with trainer_state.json) lands on the last step.
+    assert cfg.save_strategy != "no"
+    assert cfg.max_steps == 24 and cfg.max_steps % cfg.save_steps == 0
+
+    # The paths are the ones `make model` / `make demo` write (GENPRM_CACHE_DIR=.cache/genprm).
+    from genprm.models import default_model_path
+
+    monkeypatch.setenv("GENPRM_CACHE_DIR", str(REPO_ROOT / ".cache" / "genprm"))
+    assert REPO_ROOT / cfg.base_model == default_model_path()
+    [ds] = cfg.datasets
+    assert ds["ds_type"] == "json"
+    assert ds["path"] == ".cache/genprm/data/processbench-gsm8k-direct.jsonl"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "DEMO_DATA := $(GENPRM_CACHE_DIR)/data/processbench-gsm8k-direct.jsonl" in makefile
+    assert f"CPU_CONFIG := axolotl_configs/{CPU}" in makefile
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("genprm_train_on_code_output", "maybe"),
+        ("genprm_train_on_code_output", 3),
+        ("genprm_train_on_code_output", "true"),
+        ("genprm_dataset_stats", "yes"),
+    ],
+)
+def test_bad_genprm_values_are_rejected_by_key(key, value, validate):
+    raw = load_yaml(CPU)
+    raw[key] = value
+    with pytest.raises(ValueError) as excinfo:  # pydantic's ValidationError is a ValueError
+        validate(raw, CPU)
+    assert key in str(excinfo.value)
+
+
+def test_genprm_keys_accept_true(validate):
+    raw = load_yaml(CPU)
+    raw["genprm_train_on_code_output"] = True
+    raw["genprm_dataset_stats"] = False
+    cfg = validate(raw, CPU)
+    assert cfg.genprm_train_on_code_output is True
+    assert cfg.genprm_dataset_stats is False
+
+
+def _dotted(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+DEEPSPEED_FILES = sorted(p.name for p in DEEPSPEED_DIR.glob("*.json"))
+
+
+def test_expected_deepspeed_files_are_shipped():
+    assert DEEPSPEED_FILES == ["zero2_bf16.json", "zero3_bf16.json", "zero3_bf16_cpuoffload.json"]
+
+
+@pytest.mark.parametrize("name", DEEPSPEED_FILES)
+def test_deepspeed_config_is_complete_after_hf_fills_auto(name):
+    """Run transformers' own "auto" filling (what HF Trainer does) for an 8-GPU bf16 run, then
+    check the ZeRO block against DeepSpeed's schema, which forbids unknown keys."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from transformers.integrations.deepspeed import (
+        HfTrainerDeepSpeedConfig,
+        unset_hf_deepspeed_config,
+    )
+
+    raw = json.loads((DEEPSPEED_DIR / name).read_text(encoding="utf-8"))
+    autos = {key for key, value in _dotted(raw) if value == "auto"}
+    assert autos <= HF_AUTO_KEYS, f"'auto' that nothing fills: {sorted(autos - HF_AUTO_KEYS)}"
+    assert raw["bf16"]["enabled"] == "auto"
+
+    args = SimpleNamespace(
+        world_size=PAPER_GPUS,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        max_grad_norm=1.0,
+        learning_rate=PAPER_LR,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        save_on_each_node=False,
+        fp16=False,
+        fp16_full_eval=False,
+        bf16=True,
+        bf16_full_eval=False,
+        get_warmup_steps=lambda total: 3,
+    )
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=3584))
+    try:
+        ds = HfTrainerDeepSpeedConfig(copy.deepcopy(raw))
+        ds.trainer_config_process(args)
+        ds.trainer_config_finalize(args, model, num_training_steps=100)
+        filled = ds.config
+    finally:
+        unset_hf_deepspeed_config()
+
+    assert not [key for key, value in _dotted(filled) if value == "auto"]
+    assert filled["train_batch_size"] == PAPER_GLOBAL_BATCH
+    assert filled["bf16"]["enabled"] is True and filled["fp16"]["enabled"] is False
+
+    zero = DeepSpeedZeroConfig(**filled["zero_optimization"])
+    assert zero.overlap_comm is True and zero.contiguous_gradients is True
+    if name.startswith("zero3"):
+        assert zero.stage == 3
+        # without it a ZeRO-3 save writes placeholder tensors instead of the weights
+        assert zero.gather_16bit_weights_on_model_save is True
+    else:
+        assert zero.stage == 2
+    if "cpuoffload" in name:
+        assert zero.offload_optimizer.device == "cpu"
+        # ZeRO-Offload refuses HF's torch optimizer: DeepSpeed must build its CPU Adam
+        assert raw["optimizer"]["type"] == "AdamW"
+    else:
+        assert zero.offload_optimizer is None and zero.offload_param is None
+        assert "optimizer" not in raw  # axolotl's `optimizer:` and scheduler stay in charge
+    assert "scheduler" not in raw  # axolotl's cosine + warmup_ratio

@@ -1,0 +1,132 @@
+"""End to end, as a user runs it: ``axolotl preprocess`` + ``axolotl train`` on the CPU config
+with the embedded SmolLM2 checkpoint, full fine-tuning and LoRA, W&B offline."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genprm.format import CodeBlock, render_rationale
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CPU_CONFIG = REPO / "axolotl_configs" / "genprm-smollm2-cpu.yml"
+STEPS = 10
+
+pytestmark = pytest.mark.slow
+
+
+def short_records(processbench: list[dict]) -> list[dict]:
+    """Six short ProcessBench solutions as direct-mode records and two rationale records with
+    executed code, so the run covers both assistant-turn shapes and code-output masking."""
+    short = sorted(processbench, key=lambda r: len(r["problem"]) + sum(map(len, r["steps"])))[:6]
+    records = [{"id": r["id"], "problem": r["problem"], "steps": r["steps"], "label": r["label"]} for r in short]
+    for index, record in enumerate(short[:2]):
+        steps = record["steps"][:2]
+        rationales = [
+            render_rationale(t + 1, "Check the arithmetic.", [CodeBlock(f"print({t} + {index})", str(t + index))], True)
+            for t in range(len(steps))
+        ]
+        records.append({"id": f"cot-{index}", "problem": record["problem"], "steps": steps, "rationales": rationales})
+    return records
+
+
+def write_config(tmp: Path, model: Path, data: Path, **overrides) -> Path:
+    cfg = yaml.safe_load(CPU_CONFIG.read_text())
+    cfg.update(
+        base_model=str(model),
+        datasets=[{**cfg["datasets"][0], "path": str(data)}],
+        dataset_prepared_path=str(tmp / "prepared"),
+        output_dir=str(tmp / "out"),
+        sequence_len=512,
+        max_steps=STEPS,
+        save_steps=STEPS,
+        warmup_steps=1,
+        **overrides,
+    )
+    path = tmp / "config.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def axolotl(command: str, config: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "WANDB_DIR": str(cwd)}
+    result = subprocess.run(
+        [str(BIN / "axolotl"), command, str(config)], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500
+    )
+    assert result.returncode == 0, f"axolotl {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def wandb_summary(cwd: Path) -> dict:
+    runs = sorted((cwd / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one offline W&B run in {cwd / 'wandb'}"
+    return json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, processbench_gsm8k) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in short_records(processbench_gsm8k)))
+    return path
+
+
+def test_full_finetune_preprocess_then_train(tmp_path, smollm2_path, dataset):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = write_config(tmp_path, smollm2_path, dataset, learning_rate=1.0e-4)
+    axolotl("preprocess", config, tmp_path)
+    assert any((tmp_path / "prepared").iterdir())
+    axolotl("train", config, tmp_path)
+
+    losses = logged_losses(tmp_path / "out")
+    assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < 0.5 * losses[0], f"loss did not drop clearly: {losses}"
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    batch = tokenizer("<output>\n**Judgement**: $\\boxed{Yes}$", return_tensors="pt")
+    assert math.isfinite(model(**batch, labels=batch["input_ids"]).loss.item())
+
+    summary = wandb_summary(tmp_path)
+    assert math.isfinite(summary["train/loss"])
+    assert summary["genprm/samples"] == 8
+    assert 0 < summary["genprm/no_share"] < 1 and summary["genprm/masked_token_share"] > 0.5
+
+
+def test_lora_train(tmp_path, smollm2_path, dataset):
+    from peft import AutoPeftModelForCausalLM
+
+    config = write_config(
+        tmp_path,
+        smollm2_path,
+        dataset,
+        adapter="lora",
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        lora_target_linear=True,
+        # axolotl's LoRA Triton kernels assert CUDA
+        lora_mlp_kernel=False,
+        lora_qkv_kernel=False,
+        lora_o_kernel=False,
+        learning_rate=2.0e-3,
+    )
+    axolotl("train", config, tmp_path)
+
+    losses = logged_losses(tmp_path / "out")
+    assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < 0.7 * losses[0], f"loss did not drop clearly: {losses}"
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    AutoPeftModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert math.isfinite(wandb_summary(tmp_path)["train/loss"])
