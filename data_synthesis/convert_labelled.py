@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from genprm.format import parse_turn
-from genprm.records import RecordError, record_messages
+from genprm.records import RecordError, describe, record_messages
 
 _LABEL_KEYS = ("label", "labels")
 
@@ -37,8 +37,10 @@ def convert(source: Path, target: Path) -> dict[str, int]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise InputError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not any(record.get(k) is not None for k in _LABEL_KEYS):
+            if not isinstance(record, dict):
                 raise InputError(f"{where}: expected an object with problem, steps and label(s)")
+            if not any(record.get(k) is not None for k in _LABEL_KEYS):
+                raise InputError(f"{where}: {describe(record)}: has no `label` or `labels`")
             step_record = {key: record.get(key) for key in ("id", "problem", "steps", *_LABEL_KEYS)}
             try:
                 messages = record_messages(step_record)
@@ -49,10 +51,13 @@ def convert(source: Path, target: Path) -> dict[str, int]:
             rows.append({"id": str(record.get("id", f"{source.stem}-{number}")), "conversations": messages})
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with staging.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    staging.replace(target)
+    try:
+        with staging.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
     return {"conversations": len(rows), "yes_turns": yes, "no_turns": no}
 
 

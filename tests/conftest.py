@@ -49,3 +49,54 @@ def tokenizer(request):
 @pytest.fixture(scope="session")
 def processbench_gsm8k() -> list[dict]:
     return read_jsonl(SHARED_DATA / "processbench" / "gsm8k.jsonl")
+
+
+def _wandb_records(path: Path) -> list[bytes]:
+    """Payloads of a W&B ``.wandb`` transaction log: a 7-byte header, then LevelDB-style
+    32 KiB blocks of records (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    data, block, pos = path.read_bytes(), 32768, 7
+    payloads, pending = [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            payloads.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            payloads.append(pending + chunk)
+    return payloads
+
+
+@pytest.fixture(scope="session")
+def read_wandb_run():
+    """Read an offline W&B run folder: ``(history: {key: [values]}, summary: {key: value})``.
+    wandb 0.31 writes offline runs only to its binary log (no wandb-summary.json)."""
+    from wandb.proto import wandb_internal_pb2
+
+    def read(run_dir: Path) -> tuple[dict, dict]:
+        history, summary = {}, {}
+        for payload in _wandb_records(next(Path(run_dir).glob("*.wandb"))):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            kind = record.WhichOneof("record_type")
+            items = record.history.item if kind == "history" else record.summary.update if kind == "summary" else []
+            for item in items:
+                key, value = item.key or "/".join(item.nested_key), json.loads(item.value_json)
+                if kind == "history":
+                    history.setdefault(key, []).append(value)
+                else:
+                    summary[key] = value
+        return history, summary
+
+    return read

@@ -19,11 +19,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-pytest.importorskip("axolotl")
-
-from axolotl.integrations.base import PluginManager  # noqa: E402
-from axolotl.utils.config import prepare_plugins, validate_config  # noqa: E402
-from axolotl.utils.dict import DictDefault  # noqa: E402
+from axolotl.integrations.base import PluginManager
+from axolotl.utils.config import prepare_plugins, validate_config
+from axolotl.utils.dict import DictDefault
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "axolotl_configs"

@@ -68,10 +68,10 @@ def logged_losses(output_dir: Path) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
-def wandb_summary(cwd: Path) -> dict:
+def wandb_run(cwd: Path) -> Path:
     runs = sorted((cwd / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline W&B run in {cwd / 'wandb'}"
-    return json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    return runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def dataset(tmp_path_factory, processbench_gsm8k) -> Path:
     return path
 
 
-def test_full_finetune_preprocess_then_train(tmp_path, smollm2_path, dataset):
+def test_full_finetune_preprocess_then_train(tmp_path, smollm2_path, dataset, read_wandb_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = write_config(tmp_path, smollm2_path, dataset, learning_rate=1.0e-4)
@@ -98,13 +98,13 @@ def test_full_finetune_preprocess_then_train(tmp_path, smollm2_path, dataset):
     batch = tokenizer("<output>\n**Judgement**: $\\boxed{Yes}$", return_tensors="pt")
     assert math.isfinite(model(**batch, labels=batch["input_ids"]).loss.item())
 
-    summary = wandb_summary(tmp_path)
-    assert math.isfinite(summary["train/loss"])
+    history, summary = read_wandb_run(wandb_run(tmp_path))
+    assert history["train/loss"] == pytest.approx(losses)
     assert summary["genprm/samples"] == 8
     assert 0 < summary["genprm/no_share"] < 1 and summary["genprm/masked_token_share"] > 0.5
 
 
-def test_lora_train(tmp_path, smollm2_path, dataset):
+def test_lora_train(tmp_path, smollm2_path, dataset, read_wandb_run):
     from peft import AutoPeftModelForCausalLM
 
     config = write_config(
@@ -129,4 +129,5 @@ def test_lora_train(tmp_path, smollm2_path, dataset):
     assert losses[-1] < 0.7 * losses[0], f"loss did not drop clearly: {losses}"
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     AutoPeftModelForCausalLM.from_pretrained(tmp_path / "out")
-    assert math.isfinite(wandb_summary(tmp_path)["train/loss"])
+    history, _ = read_wandb_run(wandb_run(tmp_path))
+    assert history["train/loss"] == pytest.approx(losses)
