@@ -37,7 +37,10 @@ def conversations(count: int) -> list[list[dict[str, str]]]:
             render_rationale(
                 index + 1,
                 f"The paragraph claims: {step[:200]}",
-                [CodeBlock(f"value = {index} + 1\nprint(value)", str(index + 1)), "The output agrees.\n"],
+                [
+                    CodeBlock(f"value = {index} + 1\nprint(value)", str(index + 1)),
+                    "The output agrees.\n",
+                ],
                 record["label"] == -1 or index < record["label"],
             )
             for index, step in enumerate(record["steps"])
@@ -74,7 +77,9 @@ def main() -> None:
         if args.tokenizer == "qwen2.5"
         else AutoTokenizer.from_pretrained(prepare_default_model())
     )
-    cfg = DictDefault({"sequence_len": 32768, "train_on_inputs": False, "genprm_train_on_code_output": True})
+    cfg = DictDefault(
+        {"sequence_len": 32768, "train_on_inputs": False, "genprm_train_on_code_output": True}
+    )
     ours = load("genprm_train.prompt_strategy", tokenizer, cfg, {})
     theirs = chat_template_load(tokenizer, cfg, {"field_messages": "conversations"})
     convs = conversations(args.conversations)
@@ -82,15 +87,21 @@ def main() -> None:
     turns = sum(len(c) // 2 for c in convs)
 
     our_best, our_median, our_rows = best_of(args.repeats, lambda: ours.tokenize_prompt(batch))
-    their_best, their_median, their_rows = best_of(args.repeats, lambda: theirs.tokenize_prompt(batch))
+    their_best, their_median, their_rows = best_of(
+        args.repeats, lambda: theirs.tokenize_prompt(batch)
+    )
     assert our_rows["input_ids"] == their_rows["input_ids"], "input_ids differ"
     assert our_rows["labels"] == their_rows["labels"], "labels differ"
     tokens = sum(len(ids) for ids in our_rows["input_ids"])
 
-    print(f"{len(convs)} conversations, {turns} assistant turns, {tokens} tokens ({args.tokenizer} tokenizer)")
+    print(
+        f"{len(convs)} conversations, {turns} assistant turns, {tokens} tokens ({args.tokenizer} tokenizer)"
+    )
     print(f"genprm_train.prompt_strategy   best {our_best:8.3f} s   median {our_median:8.3f} s")
     print(f"axolotl chat_template          best {their_best:8.3f} s   median {their_median:8.3f} s")
-    print(f"speed-up (best / median): {their_best / our_best:.1f}x / {their_median / our_median:.1f}x")
+    print(
+        f"speed-up (best / median): {their_best / our_best:.1f}x / {their_median / our_median:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,13 @@ def convert(source: Path, target: Path) -> dict[str, int]:
                 messages = record_messages(step_record)
             except RecordError as error:
                 raise InputError(f"{where}: {error}") from None
-            judgements = [parse_turn(m["content"]).judgement for m in messages if m["role"] == "assistant"]
+            judgements = [
+                parse_turn(m["content"]).judgement for m in messages if m["role"] == "assistant"
+            ]
             yes, no = yes + judgements.count(True), no + judgements.count(False)
-            rows.append({"id": str(record.get("id", f"{source.stem}-{number}")), "conversations": messages})
+            rows.append(
+                {"id": str(record.get("id", f"{source.stem}-{number}")), "conversations": messages}
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:

@@ -18,9 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 # §1 system prompts.
-SYSTEM_COT = (
-    "You are a math teacher. Your task is to review and critique the paragraphs in solution step by step."
-)
+SYSTEM_COT = "You are a math teacher. Your task is to review and critique the paragraphs in solution step by step."
 SYSTEM_DIRECT = (
     "You are a math teacher. Your task is to review and critique the paragraphs in solution directly. "
     "Output your judgement in the format of `\\boxed{Yes}` if the paragraph is correct, "
@@ -117,9 +115,8 @@ _ANALYZE_OPEN = "<analyze>\n"
 _ANALYZE_LEAD = re.compile(r"Let's analyze the Paragraph \d+ step by step: ")
 _VERIFY_OPEN = "<verify>\n"
 _OUTPUT_OPEN = "<output>"
-_BOXED_JUDGEMENT = re.compile(r"\\boxed\{\s*(yes|no)\s*\}", re.I)
+_BOXED_JUDGEMENT = re.compile(r"\\boxed\{\s*(yes|no)\s*\}", re.IGNORECASE)
 _CODE_OUTPUT_HEAD = CODE_OUTPUT[: CODE_OUTPUT.index("{stdout}")]
-_FENCE_END = "\n```\n"
 
 
 def _section(text: str, opening: str, closing: str, required_close: bool = True) -> str | None:
@@ -138,8 +135,8 @@ def _code_output_end(text: str, start: int, end: int) -> int:
     """End of the [Code Output] block starting at ``start``, or -1 if none is closed by ``end``."""
     if not text.startswith(_CODE_OUTPUT_HEAD, start, end):
         return -1
-    close = text.find(_FENCE_END, start + len(_CODE_OUTPUT_HEAD), end)
-    return -1 if close < 0 else close + len(_FENCE_END)
+    close = text.find(CODE_CLOSE, start + len(_CODE_OUTPUT_HEAD), end)
+    return -1 if close < 0 else close + len(CODE_CLOSE)
 
 
 def code_output_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
@@ -175,15 +172,15 @@ def parse_turn(text: str) -> ParsedTurn:
     turn = ParsedTurn()
     if not isinstance(text, str):
         return turn
-    analysis = _section(text, _ANALYZE_OPEN, "</analyze>")
+    analysis = _section(text, _ANALYZE_OPEN, ANALYZE_END.rstrip("\n"))
     if analysis is not None:
         lead = _ANALYZE_LEAD.match(analysis)
         analysis = analysis[lead.end() :] if lead else analysis
-        turn.analysis = analysis[:-1] if analysis.endswith("\n") else analysis
-    verify = _section(text, _VERIFY_OPEN, "</verify>")
+        turn.analysis = analysis.removesuffix("\n")
+    verify = _section(text, _VERIFY_OPEN, VERIFY_END.rstrip("\n"))
     if verify is not None:
         intro = VERIFY_INTRO[len(_VERIFY_OPEN) :]
-        turn.verify = _split_verify(verify[len(intro) :] if verify.startswith(intro) else verify)
+        turn.verify = _split_verify(verify.removeprefix(intro))
         turn.code_blocks = [piece for piece in turn.verify if isinstance(piece, CodeBlock)]
     output = _section(text, _OUTPUT_OPEN, OUTPUT_END.rstrip("\n"), required_close=False)
     judgements = _BOXED_JUDGEMENT.findall(text if output is None else output)
@@ -206,7 +203,7 @@ def _split_verify(body: str) -> list[str | CodeBlock]:
         output_end = _code_output_end(body, after_code, len(body))
         output = None
         if output_end >= 0:
-            output = body[after_code + len(_CODE_OUTPUT_HEAD) : output_end - len(_FENCE_END)]
+            output = body[after_code + len(_CODE_OUTPUT_HEAD) : output_end - len(CODE_CLOSE)]
         pieces.append(CodeBlock(body[code_start:code_end], output))
         cursor = after_code if output_end < 0 else output_end
     if cursor < len(body):

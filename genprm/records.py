@@ -94,9 +94,7 @@ def _structured_messages(record: dict[str, Any]) -> list[dict[str, str]]:
         if labels is not None:
             _check_labels(labels, steps)
             rationales = [
-                with_judgement(rationale, bool(label))
-                if isinstance(rationale, str)
-                else rationale
+                with_judgement(rationale, bool(label)) if isinstance(rationale, str) else rationale
                 for rationale, label in zip(rationales, labels)
             ]
         return build_conversation(problem, steps, rationales)

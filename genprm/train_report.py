@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="genprm-train-report", description="Print the loss table of a training run."
     )
     parser.add_argument("output_dir", type=Path, help="the run's output_dir from the axolotl YAML")
-    parser.add_argument("--wandb-dir", type=Path, help="W&B folder (default: $WANDB_DIR/wandb or ./wandb)")
+    parser.add_argument(
+        "--wandb-dir", type=Path, help="W&B folder (default: $WANDB_DIR/wandb or ./wandb)"
+    )
     args = parser.parse_args(argv)
     try:
         history = loss_history(args.output_dir)
@@ -60,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     final = args.output_dir / "model.safetensors"
     print(f"checkpoint: {final.parent if final.exists() else latest_checkpoint(args.output_dir)}")
     run = wandb_run_dir(args.wandb_dir)
-    print(f"W&B run: {run if run else 'none found'}" + (" (offline: `wandb sync` it to upload)" if run and run.name.startswith("offline-") else ""))
+    print(
+        f"W&B run: {run if run else 'none found'}"
+        + (
+            " (offline: `wandb sync` it to upload)"
+            if run and run.name.startswith("offline-")
+            else ""
+        )
+    )
     return 0
 
 

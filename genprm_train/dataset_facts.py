@@ -52,7 +52,10 @@ class DatasetFactsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        facts = {f"genprm/{key}": value for key, value in dataset_facts(self.dataset, self.tokenizer).items()}
+        facts = {
+            f"genprm/{key}": value
+            for key, value in dataset_facts(self.dataset, self.tokenizer).items()
+        }
         LOG.info("GenPRM training set: %s", ", ".join(f"{k}={v:.4g}" for k, v in facts.items()))
         if "wandb" in (args.report_to or []):
             import wandb

@@ -92,8 +92,11 @@ class GenPRMPromptStrategy:
         self.chat_template = chat_template
         self.train_on_code_output = train_on_code_output
         self.chat_template_kwargs = chat_template_kwargs or {}
-        eot_ids = (tokenizer.encode(t, add_special_tokens=False) for t in eot_tokens or [tokenizer.eos_token])
-        self.eot_ids = {ids[0] for ids in eot_ids if len(ids) == 1}
+        encoded = [
+            tokenizer.encode(t, add_special_tokens=False)
+            for t in eot_tokens or [tokenizer.eos_token]
+        ]
+        self.eot_ids = {ids[0] for ids in encoded if len(ids) == 1}
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -125,7 +128,8 @@ class GenPRMPromptStrategy:
 
     def tokenize_row(self, row: dict[str, Any]) -> dict[str, list[int]]:
         """One record in, one training row out."""
-        return {key: values[0] for key, values in self.tokenize_prompt({k: [v] for k, v in row.items()}).items()}
+        batch = self.tokenize_prompt({key: [value] for key, value in row.items()})
+        return {key: values[0] for key, values in batch.items()}
 
     def _labels(self, text, messages, input_ids, offsets) -> list[int]:
         starts = [start for start, _ in offsets]

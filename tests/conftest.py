@@ -43,7 +43,9 @@ def qwen_tokenizer():
 
 @pytest.fixture(scope="session", params=["smollm2", "qwen2.5"])
 def tokenizer(request):
-    return request.getfixturevalue("smollm2_tokenizer" if request.param == "smollm2" else "qwen_tokenizer")
+    return request.getfixturevalue(
+        "smollm2_tokenizer" if request.param == "smollm2" else "qwen_tokenizer"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +92,13 @@ def read_wandb_run():
             record = wandb_internal_pb2.Record()
             record.ParseFromString(payload)
             kind = record.WhichOneof("record_type")
-            items = record.history.item if kind == "history" else record.summary.update if kind == "summary" else []
+            items = (
+                record.history.item
+                if kind == "history"
+                else record.summary.update
+                if kind == "summary"
+                else []
+            )
             for item in items:
                 key, value = item.key or "/".join(item.nested_key), json.loads(item.value_json)
                 if kind == "history":

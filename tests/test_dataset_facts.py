@@ -12,7 +12,14 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from genprm_train.dataset_facts import DatasetFactsCallback, dataset_facts
 from genprm_train.prompt_strategy import IGNORE_INDEX
 
-KEYS = {"samples", "tokens_per_sample", "steps_per_sample", "yes_share", "no_share", "masked_token_share"}
+KEYS = {
+    "samples",
+    "tokens_per_sample",
+    "steps_per_sample",
+    "yes_share",
+    "no_share",
+    "masked_token_share",
+}
 
 
 def load_strategy(tokenizer):
@@ -69,18 +76,26 @@ def test_facts_match_independent_counts(tokenizer, records, batch_size):
 def test_batch_size_does_not_change_facts(smollm2_dataset, smollm2_tokenizer):
     reference = dataset_facts(smollm2_dataset, smollm2_tokenizer)
     for batch_size in (1, 3, 4, 10):
-        assert dataset_facts(smollm2_dataset, smollm2_tokenizer, batch_size=batch_size) == pytest.approx(reference)
+        assert dataset_facts(
+            smollm2_dataset, smollm2_tokenizer, batch_size=batch_size
+        ) == pytest.approx(reference)
 
 
 def test_facts_follow_the_labels(smollm2_tokenizer, records):
     all_correct = [r for r in records if r["label"] == -1]
-    facts = dataset_facts(tokenized(smollm2_tokenizer, all_correct), smollm2_tokenizer, batch_size=3)
+    facts = dataset_facts(
+        tokenized(smollm2_tokenizer, all_correct), smollm2_tokenizer, batch_size=3
+    )
     assert facts["samples"] == len(all_correct)
     assert facts["no_share"] == 0.0 and facts["yes_share"] == 1.0
-    assert facts["steps_per_sample"] == pytest.approx(sum(len(r["steps"]) for r in all_correct) / len(all_correct))
+    assert facts["steps_per_sample"] == pytest.approx(
+        sum(len(r["steps"]) for r in all_correct) / len(all_correct)
+    )
 
     first_wrong = [r for r in records if r["label"] == 0]
-    facts = dataset_facts(tokenized(smollm2_tokenizer, first_wrong), smollm2_tokenizer, batch_size=3)
+    facts = dataset_facts(
+        tokenized(smollm2_tokenizer, first_wrong), smollm2_tokenizer, batch_size=3
+    )
     assert facts["no_share"] == 1.0 and facts["yes_share"] == 0.0
     assert facts["steps_per_sample"] == 1.0
 

@@ -16,12 +16,12 @@ import pytest
 
 from genprm import format as fmt
 from genprm.format import (
-    code_output_spans,
     CodeBlock,
     FormatError,
     ParsedTurn,
     build_conversation,
     build_direct_conversation,
+    code_output_spans,
     code_output_text,
     first_error_from_labels,
     judgement_text,
@@ -113,10 +113,7 @@ def _spec_assignments() -> dict[str, str]:
 
 def _spec_inline_literals() -> list[str]:
     """Inline code spans of the spec that are Python string literals: `"..."`."""
-    return [
-        ast.literal_eval(span)
-        for span in re.findall(r'`("(?:[^"\\\n]|\\.)*")`', _spec_text())
-    ]
+    return [ast.literal_eval(span) for span in re.findall(r'`("(?:[^"\\\n]|\\.)*")`', _spec_text())]
 
 
 def _spec_error_texts() -> list[str]:
@@ -140,7 +137,14 @@ def test_constant_matches_hand_written_spec_literal(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["SYSTEM_COT", "SYSTEM_DIRECT", "ANALYZE_PREFIX", "VERIFY_PREFIX", "OUTPUT_PREFIX", "CODE_OUTPUT"],
+    [
+        "SYSTEM_COT",
+        "SYSTEM_DIRECT",
+        "ANALYZE_PREFIX",
+        "VERIFY_PREFIX",
+        "OUTPUT_PREFIX",
+        "CODE_OUTPUT",
+    ],
 )
 def test_constant_matches_literal_parsed_from_spec(name):
     parsed = _spec_assignments()
@@ -200,7 +204,10 @@ def test_error_texts_from_spec():
     error_shape = next(t for t in texts if t.startswith("Code execute Error"))
     spec_error = error_shape.format(ExceptionType="ZeroDivisionError", message="division by zero")
     assert spec_error == "Code execute Error: ZeroDivisionError: division by zero"
-    assert fmt.CODE_ERROR.format(exc_type="ZeroDivisionError", message="division by zero") == spec_error
+    assert (
+        fmt.CODE_ERROR.format(exc_type="ZeroDivisionError", message="division by zero")
+        == spec_error
+    )
     timeout = next(t for t in texts if t.startswith("Code execute time out"))
     assert timeout.split("...")[0] == "Code execute time out: "
     assert fmt.CODE_TIMEOUT.format(detail="5 s") == "Code execute time out: 5 s"
@@ -224,7 +231,9 @@ def test_turn_template_of_spec_section_2_renders_identically():
 
 
 def test_prefix_helpers():
-    assert fmt.ANALYZE_PREFIX.format(t=3) == "<analyze>\nLet's analyze the Paragraph 3 step by step: "
+    assert (
+        fmt.ANALYZE_PREFIX.format(t=3) == "<analyze>\nLet's analyze the Paragraph 3 step by step: "
+    )
     assert code_output_text("2") == "[Code Output]\n\n```\n2\n```\n"
     assert code_output_text("") == "[Code Output]\n\n```\n\n```\n"
     assert fmt.VERIFY_PREFIX == fmt.VERIFY_INTRO + fmt.CODE_OPEN
@@ -239,7 +248,9 @@ STEPS = ["Step 1: 3*4 = 12.", "Step 2: 2 + 12 = 14.", "Step 3: The answer is $\\
 
 
 def _rationale(t: int, correct: bool | None = True) -> str:
-    return render_rationale(t, f"paragraph {t} is fine.", [CodeBlock(f"print({t})", str(t))], correct)
+    return render_rationale(
+        t, f"paragraph {t} is fine.", [CodeBlock(f"print({t})", str(t))], correct
+    )
 
 
 def test_conversation_layout():
@@ -458,7 +469,17 @@ def _check_shape(turn: ParsedTurn) -> None:
         bytes(range(256)).decode("latin-1"),
         "\x00\ud800\uffff",
     ],
-    ids=["empty", "none", "bytes", "int", "garbage", "backticks", "verify-backticks", "latin1", "odd-chars"],
+    ids=[
+        "empty",
+        "none",
+        "bytes",
+        "int",
+        "garbage",
+        "backticks",
+        "verify-backticks",
+        "latin1",
+        "odd-chars",
+    ],
 )
 def test_parse_turn_degenerate_inputs(text):
     turn = parse_turn(text)
@@ -712,7 +733,10 @@ def test_code_output_spans_ignores_model_text_mentions():
     ]
     text = render_rationale(1, "Mentions [Code Output] in analysis.", verify, True)
     spans = code_output_spans(text)
-    assert [text[a:b] for a, b in spans] == [code_output_text("[Code Output]"), code_output_text("1\n2")]
+    assert [text[a:b] for a, b in spans] == [
+        code_output_text("[Code Output]"),
+        code_output_text("1\n2"),
+    ]
     assert spans == _executor_spans(verify, text)
 
 
@@ -726,5 +750,10 @@ def test_code_output_spans_seeded_fuzz():
                 verify.append(CodeBlock(_random_text(rng), output))
             else:
                 verify.append(_random_text(rng, lo=1))
-        text = render_rationale(rng.randint(1, 9), _random_text(rng).rstrip("\n"), verify, rng.choice([True, False, None]))
+        text = render_rationale(
+            rng.randint(1, 9),
+            _random_text(rng).rstrip("\n"),
+            verify,
+            rng.choice([True, False, None]),
+        )
         assert code_output_spans(text) == _executor_spans(verify, text), text

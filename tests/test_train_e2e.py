@@ -25,14 +25,29 @@ def short_records(processbench: list[dict]) -> list[dict]:
     """Six short ProcessBench solutions as direct-mode records and two rationale records with
     executed code, so the run covers both assistant-turn shapes and code-output masking."""
     short = sorted(processbench, key=lambda r: len(r["problem"]) + sum(map(len, r["steps"])))[:6]
-    records = [{"id": r["id"], "problem": r["problem"], "steps": r["steps"], "label": r["label"]} for r in short]
+    records = [
+        {"id": r["id"], "problem": r["problem"], "steps": r["steps"], "label": r["label"]}
+        for r in short
+    ]
     for index, record in enumerate(short[:2]):
         steps = record["steps"][:2]
         rationales = [
-            render_rationale(t + 1, "Check the arithmetic.", [CodeBlock(f"print({t} + {index})", str(t + index))], True)
+            render_rationale(
+                t + 1,
+                "Check the arithmetic.",
+                [CodeBlock(f"print({t} + {index})", str(t + index))],
+                True,
+            )
             for t in range(len(steps))
         ]
-        records.append({"id": f"cot-{index}", "problem": record["problem"], "steps": steps, "rationales": rationales})
+        records.append(
+            {
+                "id": f"cot-{index}",
+                "problem": record["problem"],
+                "steps": steps,
+                "rationales": rationales,
+            }
+        )
     return records
 
 
@@ -57,9 +72,16 @@ def write_config(tmp: Path, model: Path, data: Path, **overrides) -> Path:
 def axolotl(command: str, config: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "WANDB_DIR": str(cwd)}
     result = subprocess.run(
-        [str(BIN / "axolotl"), command, str(config)], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500
+        [str(BIN / "axolotl"), command, str(config)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
-    assert result.returncode == 0, f"axolotl {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"axolotl {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    )
     return result
 
 
