@@ -45,6 +45,7 @@ test: venv
 
 bench: model
 	$(BIN)/python bench/bench_tokenize.py
+	$(BIN)/python bench/bench_sandbox.py
 
 clean:
 	rm -rf outputs wandb last_run_prepared

@@ -43,7 +43,8 @@ YES, NO = "Yes", "No"
 
 # §3 texts the executor shows the model in place of stdout.
 CODE_ERROR = "Code execute Error: {exc_type}: {message}"
-CODE_TIMEOUT = "Code execute time out: {detail}"
+# Upstream's executor shows its TimeoutError message after the prefix.
+CODE_TIMEOUT = "Code execute time out: Code execution timed out"
 CODE_NOT_FOUND = "Code format error: No code found."
 
 

@@ -210,7 +210,7 @@ def test_error_texts_from_spec():
     )
     timeout = next(t for t in texts if t.startswith("Code execute time out"))
     assert timeout.split("...")[0] == "Code execute time out: "
-    assert fmt.CODE_TIMEOUT.format(detail="5 s") == "Code execute time out: 5 s"
+    assert fmt.CODE_TIMEOUT == "Code execute time out: Code execution timed out"
 
 
 def test_turn_template_of_spec_section_2_renders_identically():

@@ -1,0 +1,116 @@
+"""Sandbox latency and throughput against a fresh interpreter per snippet.
+
+Per snippet, median and p95 wall-clock latency of (a) ``print(1)`` and (b) a sympy simplify,
+each run three ways: through ``Sandbox(workers=1)`` (after one warm-up call; every snippet still
+gets a fresh forked process), in a fresh ``python -I -c`` subprocess (what a sandbox without a warm
+worker pays), and with in-process ``exec`` (no isolation at all; reference only, and warm after
+its first call for (b)). Then ``run_many`` throughput over ``print(1)``-style snippets with two
+workers vs one, and the headline ratio "fresh interpreter / sandbox" for the sympy snippet (the
+target is at least 25x). Worker start-up is not timed. Well under 2 minutes on 2 cores:
+
+    .venv/bin/python bench/bench_sandbox.py [--sandbox-runs 30] [--fresh-runs 10] [--batch 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+from genprm.sandbox import Sandbox
+
+SNIPPETS = {
+    "print(1)": "print(1)",
+    "sympy simplify": 'import sympy; print(sympy.simplify("x**2-1"))',
+}
+TARGET_RATIO = 25.0
+
+
+def timed(call, code: str, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call(code)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def summary(times: list[float]) -> str:
+    p95 = sorted(times)[math.ceil(0.95 * len(times)) - 1]  # nearest rank
+    median = statistics.median(times)
+    return f"median {median * 1e3:8.1f} ms   p95 {p95 * 1e3:8.1f} ms   (n={len(times)})"
+
+
+def check(result) -> None:
+    if result.status != "ok":
+        raise RuntimeError(f"snippet failed in the sandbox: {result.status}: {result.feedback}")
+
+
+def fresh(code: str) -> None:
+    subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True)
+
+
+def in_process(code: str) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, "<bench>", "exec"), {"__name__": "__main__"})  # noqa: S102
+
+
+def throughput(workers: int, batch: int) -> float:
+    jobs = [(f"print({index})", ()) for index in range(batch)]
+    with Sandbox(workers=workers) as sandbox:
+        sandbox.run_many(jobs[:workers])  # warm-up
+        started = time.perf_counter()
+        results = sandbox.run_many(jobs)
+        elapsed = time.perf_counter() - started
+    for result in results:
+        check(result)
+    return batch / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sandbox-runs", type=int, default=30, help="per snippet: sandbox, exec")
+    parser.add_argument("--fresh-runs", type=int, default=10, help="per snippet: fresh interpreter")
+    parser.add_argument("--batch", type=int, default=200, help="snippets per throughput run")
+    args = parser.parse_args()
+
+    medians: dict[tuple[str, str], float] = {}
+    with Sandbox(workers=1) as sandbox:
+        print(f"sandbox isolation: {sandbox.isolation}\n")
+        ways = {
+            "sandbox": (lambda code: check(sandbox.run(code)), args.sandbox_runs),
+            "fresh interpreter": (fresh, args.fresh_runs),
+            "in-process exec": (in_process, args.sandbox_runs),
+        }
+        for name, code in SNIPPETS.items():
+            check(sandbox.run(code))  # warm-up
+            print(f"({name})  {code}")
+            for way, (call, runs) in ways.items():
+                times = timed(call, code, runs)
+                medians[name, way] = statistics.median(times)
+                note = "   reference only" if way == "in-process exec" else ""
+                if note and "sympy" in code:
+                    note += "; warm after its first call"
+                print(f"  {way:18} {summary(times)}{note}")
+            print()
+
+    one, two = throughput(1, args.batch), throughput(2, args.batch)
+    print(f"run_many throughput over {args.batch} print() snippets")
+    print(f"  workers=1  {one:8.1f} snippets/s")
+    print(f"  workers=2  {two:8.1f} snippets/s   ({two / one:.2f}x)\n")
+
+    ratio = medians["sympy simplify", "fresh interpreter"] / medians["sympy simplify", "sandbox"]
+    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
+    print(
+        f"fresh interpreter / sandbox, sympy snippet (median): {ratio:.1f}x"
+        f" -- {verdict} the {TARGET_RATIO:g}x target"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Isolated, warm, fast execution of model-written Python.
+
+>>> from genprm.sandbox import Sandbox
+>>> with Sandbox(workers=1) as sandbox:
+...     sandbox.run("import sympy; print(sympy.factor('x**2-1'))").stdout
+'(x - 1)*(x + 1)\\n'
+"""
+
+from .pool import Sandbox, SandboxError
+from .result import STATUSES, ExecResult
+
+__all__ = ["STATUSES", "ExecResult", "Sandbox", "SandboxError"]

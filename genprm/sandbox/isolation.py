@@ -1,0 +1,185 @@
+"""Linux isolation primitives the sandbox worker uses (ctypes: Python 3.11 has no os.unshare)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import socket
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
+# Directories any user may write to; each snippet gets its own empty, size-capped copy.
+SCRATCH_MOUNTS = {"/tmp": "64m", "/var/tmp": "16m", "/dev/shm": "16m"}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)))
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+
+
+def prctl(option: int, value: int = 0) -> None:
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0))
+
+
+def enter_private_network() -> None:
+    """A new, empty network namespace (only a down loopback): nothing to connect to.
+
+    Root may unshare it directly; an ordinary user first enters a new user namespace that maps
+    only their own uid and gid, which also grants the capabilities to make PID namespaces."""
+    if os.geteuid() == 0:
+        unshare(CLONE_NEWNET)
+        return
+    uid, gid = os.getuid(), os.getgid()
+    unshare(CLONE_NEWUSER | CLONE_NEWNET)
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{uid} {uid} 1"),
+        ("gid_map", f"{gid} {gid} 1"),
+    ):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+
+
+def works_in_child(setup) -> bool:
+    """Whether ``setup()`` succeeds here, tried in a throw-away child."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            setup()
+            os._exit(0)
+        except OSError:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def private_scratch(owner: int) -> None:
+    """A private mount namespace whose /tmp, /var/tmp and /dev/shm are fresh tmpfs owned by
+    ``owner``: whatever a snippet writes there disappears with it."""
+    unshare(CLONE_NEWNS)
+    _check(_libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None))
+    for target, size in SCRATCH_MOUNTS.items():
+        if os.path.isdir(target):
+            options = f"size={size},mode=700,uid={owner},gid={owner}".encode()
+            flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
+            _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options))
+
+
+def drop_capabilities() -> None:
+    """No capabilities and no way to regain any (setuid binaries, file capabilities)."""
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _check(_libc.capset(ctypes.byref(Header(_LINUX_CAPABILITY_VERSION_3, 0)), (Data * 2)()))
+
+
+def drop_to_uid(uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def set_limits(
+    address_space: int, cpu_seconds: int, processes: int, file_bytes: int, files: int
+) -> None:
+    for limit, value in (
+        (resource.RLIMIT_AS, address_space),
+        (resource.RLIMIT_CPU, cpu_seconds),
+        (resource.RLIMIT_NPROC, processes),
+        (resource.RLIMIT_FSIZE, file_bytes),
+        (resource.RLIMIT_NOFILE, files),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(limit, (value, value))
+    # Past RLIMIT_FSIZE a write fails with EFBIG instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def refuse_sockets() -> None:
+    """Fallback when no network namespace is possible: sockets cannot be created from Python."""
+
+    def refused(*args, **kwargs):
+        raise PermissionError("network access is disabled in the sandbox")
+
+    class RefusedSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            refused()
+
+    socket.socket = RefusedSocket
+    socket.create_connection = socket.socketpair = socket.fromfd = refused
+    import _socket
+
+    _socket.socket = RefusedSocket
+
+
+def processes_of(uid: int) -> int:
+    """How many processes run as ``uid`` (RLIMIT_NPROC counts them all, not just ours)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                count += os.stat(f"/proc/{entry}").st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def kill_all_of(uid: int) -> None:
+    """SIGKILL every process running as ``uid``, from a helper that takes that uid (root only):
+    ``kill(-1)`` reaches processes that left the snippet's process group and session."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            drop_to_uid(uid)
+            for _ in range(100):
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def descendants(root: int) -> list[int]:
+    """Pids below ``root`` in the process tree (orphans of a subreaper are its children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found

@@ -1,0 +1,221 @@
+"""The host side of the sandbox: a pool of warm workers behind a blocking and an async API."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+from .result import ExecResult
+
+LOG = logging.getLogger(__name__)
+OUTPUT_LIMIT = 1 << 20
+# The worker enforces the deadline; the host waits this much longer before it gives up on the
+# worker itself (it is then killed and replaced).
+HOST_GRACE_S = 10.0
+STARTUP_TIMEOUT_S = 120.0
+# Host variables a worker may see: none of the user's environment otherwise (no API tokens).
+_PASSTHROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TZ")
+_WORKER_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    # One malloc arena per process: a thread's arena reserves 64 MB of address space, which
+    # would count against RLIMIT_AS.
+    "MALLOC_ARENA_MAX": "1",
+}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not start or was used after close()."""
+
+
+class _Worker:
+    """One warm worker process and the pipe protocol to it."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        env = {**_WORKER_ENV, **{k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "genprm.sandbox.worker", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
+        self._buffer = b""
+        self.facts = self._read(time.monotonic() + STARTUP_TIMEOUT_S)
+        if not (self.facts or {}).get("ready"):
+            self.kill()
+            raise SandboxError(f"sandbox worker did not start (exit code {self.process.poll()})")
+
+    def execute(self, code: str, prelude: list[str], timeout: float) -> dict | None:
+        """The worker's reply, or None when the worker died or hung (it is killed then)."""
+        request = json.dumps({"code": code, "prelude": prelude, "timeout": timeout})
+        try:
+            self.process.stdin.write(request.encode() + b"\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        reply = self._read(time.monotonic() + timeout + HOST_GRACE_S)
+        if reply is None:
+            self.kill()
+        return reply
+
+    def _read(self, deadline: float) -> dict | None:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self, wait: float = 5.0) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # EOF: the worker kills any running snippet and exits
+        try:
+            self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process.stdout.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class Sandbox:
+    """Runs model-written Python in isolated, time- and memory-limited child processes.
+
+    >>> with Sandbox(workers=1, timeout=5.0) as sandbox:
+    ...     sandbox.run("print(x + 1)", prelude=["x = 41"]).feedback
+    '42'
+
+    Thread-safe; ``arun`` serves asyncio code. Closing (also on exit, on an exception in the
+    ``with`` block, or when the host dies: workers exit on EOF of their stdin) leaves no
+    processes behind.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout: float = 5.0,
+        memory_mb: int = 1024,
+        output_limit: int = OUTPUT_LIMIT,
+    ):
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.timeout = timeout
+        self.output_limit = output_limit
+        self._config = {"memory_mb": memory_mb, "output_limit": output_limit}
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        with ThreadPoolExecutor(workers) as starter:
+            self._workers = list(starter.map(lambda _: _Worker(self._config), range(workers)))
+        for worker in self._workers:
+            self._idle.put(worker)
+        missing = self._workers[0].facts["missing"]
+        if missing:
+            LOG.warning("sandbox isolation is weaker on this host: %s", "; ".join(missing))
+        atexit.register(_close_if_alive, weakref.ref(self))
+
+    @property
+    def isolation(self) -> dict:
+        """What this host allowed: private network, PID namespaces, dedicated uid, what is missing."""
+        facts = self._workers[0].facts
+        return {key: facts[key] for key in ("private_network", "pid_namespaces", "uid", "missing")}
+
+    def worker_pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._workers]
+
+    def run(
+        self, code: str, prelude: list[str] | tuple[str, ...] = (), timeout: float | None = None
+    ) -> ExecResult:
+        """Run ``code`` after silently replaying ``prelude`` (earlier blocks of the same path)."""
+        if not isinstance(code, str) or not all(isinstance(block, str) for block in prelude):
+            raise TypeError("code and prelude blocks must be strings")
+        timeout = self.timeout if timeout is None else timeout
+        worker = self._acquire()
+        try:
+            reply = worker.execute(code, list(prelude), timeout) if worker.alive() else None
+            if reply is None:
+                if not self._closed:
+                    worker = self._replace(worker)
+                reply = {"status": "killed", "stdout": "", "stderr": "", "duration_s": timeout,
+                         "error": {"type": "Killed", "message": "the sandbox worker died"}}  # fmt: skip
+            return ExecResult.from_worker(reply, self.output_limit)
+        finally:
+            self._idle.put(worker)
+
+    def run_many(self, jobs, timeout: float | None = None) -> list[ExecResult]:
+        """Run ``(code, prelude)`` pairs (or bare code strings) concurrently; results in order."""
+        jobs = [(job, ()) if isinstance(job, str) else job for job in jobs]
+        with ThreadPoolExecutor(len(self._workers)) as pool:
+            return list(pool.map(lambda job: self.run(job[0], job[1], timeout), jobs))
+
+    async def arun(self, code: str, prelude=(), timeout: float | None = None) -> ExecResult:
+        return await asyncio.to_thread(self.run, code, prelude, timeout)
+
+    def _acquire(self) -> _Worker:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        worker = self._idle.get()
+        if self._closed:
+            self._idle.put(worker)
+            raise SandboxError("the sandbox is closed")
+        return worker
+
+    def _replace(self, dead: _Worker) -> _Worker:
+        dead.kill()
+        fresh = _Worker(self._config)
+        with self._lock:
+            self._workers[self._workers.index(dead)] = fresh
+        return fresh
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for worker in self._workers:
+            worker.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _close_if_alive(reference: weakref.ref) -> None:
+    sandbox = reference()
+    if sandbox is not None:
+        sandbox.close()

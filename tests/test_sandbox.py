@@ -1,0 +1,716 @@
+"""Hostile snippets against genprm.sandbox on the privileged path (root: a dedicated uid per
+worker, a PID namespace per snippet, a private network namespace, rlimits).
+
+Every hostile case checks the aftermath: the host is alive, the workers are the same and alive,
+nothing of the snippet is left running (no process of the snippet uid, no live descendant of a
+worker), and the next snippet works. The ordinary-user path is in test_sandbox_unprivileged.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from genprm.format import CODE_ERROR, CODE_TIMEOUT
+from genprm.sandbox import STATUSES, ExecResult, Sandbox, SandboxError
+from genprm.sandbox.isolation import descendants
+
+REPO = Path(__file__).resolve().parents[1]
+UID_BASE = 100_000  # as root, a worker's snippets run as UID_BASE + the worker's pid
+TIMEOUT = 2.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (R, S, D, Z, ...), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping: a zombie (dead, not yet reaped) does not count."""
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+def live_pids_of(uids: set[int]) -> list[int]:
+    """Live processes whose owner is one of ``uids`` (a ps -u scan of /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                owner = os.stat(f"/proc/{entry}").st_uid
+            except OSError:
+                continue
+            if owner in uids and alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def live_descendants(pid: int) -> list[int]:
+    """Live snippet processes of a worker (its serving process excluded)."""
+    return [c for c in descendants(pid) if alive(c) and c not in serving_worker(pid)]
+
+
+def serving_worker(pid: int) -> set[int]:
+    """The worker process a launcher pid stands for: its only child, the init of the PID
+    namespace in which the worker serves. Snippet processes are below it."""
+    return {child for child in descendants(pid) if _ppid(child) == pid}
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def describe(pids) -> dict[int, str]:
+    """pid -> its PPid, NSpid and Uid lines, for failure messages."""
+    described = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                lines = [line for line in handle if line.startswith(("PPid", "NSpid", "Uid"))]
+            described[pid] = " | ".join(" ".join(line.split()) for line in lines)
+        except OSError:
+            described[pid] = "gone"
+    return described
+
+
+def wait_for(predicate, timeout: float = 3.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def snippet_uids(pids) -> set[int]:
+    return {UID_BASE + pid for pid in pids}
+
+
+def leftovers(pids) -> dict:
+    """What the snippets of these workers left running: by uid and by process tree."""
+    return {
+        "by_uid": live_pids_of(snippet_uids(pids)),
+        "by_tree": {pid: live_descendants(pid) for pid in pids if live_descendants(pid)},
+    }
+
+
+def nothing_left(pids) -> bool:
+    left = leftovers(pids)
+    return not left["by_uid"] and not left["by_tree"]
+
+
+def check_result(result) -> ExecResult:
+    assert isinstance(result, ExecResult)
+    assert result.status in STATUSES
+    return result
+
+
+def assert_next_snippet_works(sandbox: Sandbox) -> None:
+    result = check_result(sandbox.run("print(1)"))
+    assert (result.status, result.stdout, result.feedback) == ("ok", "1\n", "1"), result
+
+
+def assert_aftermath(
+    sandbox: Sandbox, workers_before: list[int] | None = None, grace: float = 3.0
+) -> None:
+    """Contained: the host (this process) and the same workers are alive, nothing the snippet
+    started is still running, and the next snippet works.
+
+    A process the sandbox has just SIGKILLed may need a moment to finish dying (freeing a GB of
+    memory, say), hence ``grace``; zombies waiting to be reaped by their worker do not count."""
+    assert alive(os.getpid())
+    pids = sandbox.worker_pids()
+    if workers_before is not None:
+        assert pids == workers_before, "a worker was replaced"
+    assert all(alive(pid) for pid in pids), {pid: proc_state(pid) for pid in pids}
+    assert wait_for(lambda: nothing_left(pids), grace), f"left behind: {leftovers(pids)}"
+    assert_next_snippet_works(sandbox)
+    assert sandbox.worker_pids() == pids
+
+
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def scratch_files_of(uids: set[int]) -> list[str]:
+    """Host-visible files in the shared scratch folders owned by snippet uids, plus any
+    fallback working folder (``genprm-snippet-*``) left behind."""
+    found = []
+    for root in SCRATCH:
+        for entry in os.scandir(root):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid in uids or entry.name.startswith(
+                    "genprm-snippet-"
+                ):
+                    found.append(entry.path)
+    return found
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(workers=2, timeout=TIMEOUT) as shared:
+        yield shared
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_isolation_facts_on_root(sandbox):
+    assert os.geteuid() == 0, "the privileged path needs root"
+    facts = sandbox.isolation
+    assert facts == {
+        "private_network": True,
+        "pid_namespaces": True,
+        "uid": UID_BASE + sandbox.worker_pids()[0],
+        "missing": [],
+    }
+    result = sandbox.run("import os\nprint(os.getuid(), os.getgid(), os.getpid(), os.getgroups())")
+    uid, gid, pid, groups = result.stdout.split(" ", 3)
+    assert int(uid) in snippet_uids(sandbox.worker_pids()) and gid == uid
+    assert pid == "1"  # init of its own PID namespace
+    assert groups.strip() == "[]"
+
+
+def test_workers_zero_is_a_value_error():
+    with pytest.raises(ValueError):
+        Sandbox(workers=0)
+
+
+@pytest.mark.parametrize("code, prelude", [(b"print(1)", ()), (None, ()), ("print(1)", [1])])
+def test_non_string_code_is_a_type_error(sandbox, code, prelude):
+    with pytest.raises(TypeError):
+        sandbox.run(code, prelude=prelude)
+
+
+# ----------------------------------------------------------------------------- time
+
+
+def test_infinite_loop_times_out(sandbox):
+    workers = sandbox.worker_pids()
+    result = check_result(sandbox.run("while True:\n    pass"))
+    assert result.status == "timeout"
+    assert result.feedback == CODE_TIMEOUT
+    assert TIMEOUT - 0.1 < result.duration_s < TIMEOUT + 1.5
+    assert_aftermath(sandbox, workers)
+
+
+def test_long_sleep_returns_at_the_timeout(sandbox):
+    workers = sandbox.worker_pids()
+    started = time.monotonic()
+    result = check_result(sandbox.run("import time\ntime.sleep(600)"))
+    assert time.monotonic() - started < TIMEOUT + 1.5
+    assert result.status == "timeout"
+    assert result.feedback == CODE_TIMEOUT
+    assert_aftermath(sandbox, workers)
+
+
+def test_sigterm_ignoring_snippet_times_out_and_is_gone(sandbox):
+    workers = sandbox.worker_pids()
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(100)"
+    started = time.monotonic()
+    result = check_result(sandbox.run(code))
+    assert time.monotonic() - started < TIMEOUT + 1.5
+    assert result.status == "timeout"
+    assert_aftermath(sandbox, workers)
+
+
+def test_per_call_timeout_overrides_the_default(sandbox):
+    result = check_result(sandbox.run("import time\ntime.sleep(5)", timeout=0.5))
+    assert result.status == "timeout"
+    assert result.duration_s < 1.5
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "s = 'a' * (4 << 30)",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))",
+    ],
+    ids=["4GB-string", "growing-list"],
+)
+def test_memory_bomb_is_a_memory_status(sandbox, code):
+    workers = sandbox.worker_pids()
+    # A generous per-call timeout: the status must come from the memory limit, not the clock.
+    result = check_result(sandbox.run(code, timeout=15))
+    assert result.status == "memory", result
+    assert result.feedback.startswith(CODE_ERROR.format(exc_type="MemoryError", message=""))
+    assert result.duration_s < 10
+    assert_aftermath(sandbox, workers)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_fork_bomb_is_contained(sandbox):
+    workers = sandbox.worker_pids()
+    result = check_result(sandbox.run("import os\nwhile True:\n    os.fork()"))
+    assert_aftermath(sandbox, workers)  # contained first ...
+    assert not live_pids_of(snippet_uids(workers))
+    # ... then the status: the snippet hit RLIMIT_NPROC (BlockingIOError) or the deadline.
+    assert result.status in ("error", "timeout"), result
+
+
+def test_fork_bomb_that_survives_fork_errors_is_contained(sandbox):
+    workers = sandbox.worker_pids()
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    result = check_result(sandbox.run(code))
+    assert result.status == "timeout", result
+    assert_aftermath(sandbox, workers)
+    assert not live_pids_of(snippet_uids(workers))
+
+
+def test_error_after_fork_is_reported_as_an_error(sandbox):
+    """Parent and child of a fork both run the rest of the snippet: the error must survive."""
+    workers = sandbox.worker_pids()
+    result = check_result(sandbox.run("import os\nos.fork()\n1 / 0"))
+    assert_aftermath(sandbox, workers)
+    assert result.status == "error", result
+    assert result.feedback == "Code execute Error: ZeroDivisionError: division by zero"
+
+
+def test_setsid_escape_is_gone_when_the_result_returns(sandbox):
+    workers = sandbox.worker_pids()
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    time.sleep(100)\n"
+        "    os._exit(0)\n"
+        "print('parent done')\n"
+    )
+    result = check_result(sandbox.run(code))
+    left = leftovers(workers)  # right away: no grace for the escaped child
+    assert (result.status, result.stdout) == ("ok", "parent done\n"), result
+    assert result.duration_s < 1.5  # the escaped child holding the pipes did not delay the result
+    assert not left["by_uid"] and not left["by_tree"], left
+    assert_aftermath(sandbox, workers)
+
+
+@pytest.mark.parametrize("target", ["os.getppid()", "WORKER", "-1", "0"])
+def test_killing_the_parent_leaves_host_and_workers_alive(sandbox, target):
+    workers = sandbox.worker_pids()
+    if target == "WORKER":
+        targets = workers
+    else:
+        targets = [target]
+    for victim in targets:
+        code = f"import os\nos.kill({victim}, 9)\nprint('still here')"
+        result = check_result(sandbox.run(code))
+        if victim in workers:  # a pid outside its PID namespace, of another uid
+            assert result.status == "error", result
+            assert result.error_type in ("ProcessLookupError", "PermissionError"), result
+        else:  # at most the snippet kills itself
+            assert result.status in ("ok", "killed", "error"), result
+        assert all(alive(pid) for pid in workers)
+        assert_aftermath(sandbox, workers)
+
+
+def test_fifty_threads_join(sandbox):
+    code = (
+        "import threading, time\n"
+        "threads = [threading.Thread(target=time.sleep, args=(0.1,)) for _ in range(50)]\n"
+        "for thread in threads:\n    thread.start()\n"
+        "for thread in threads:\n    thread.join()\n"
+        "print(threading.active_count())\n"
+    )
+    result = check_result(sandbox.run(code))
+    assert (result.status, result.stdout) == ("ok", "1\n"), result
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_100mb_file_write_fails_and_leaves_nothing(sandbox):
+    workers = sandbox.worker_pids()
+    code = (
+        "import os\n"
+        "print(os.getcwd(), flush=True)\n"
+        "with open('big.bin', 'wb') as handle:\n"
+        "    handle.write(b'a' * (100 << 20))\n"
+    )
+    result = check_result(sandbox.run(code))
+    assert result.status == "error", result
+    assert result.error_type == "OSError" and "File too large" in result.feedback, result
+    assert result.stdout.strip() == "/tmp"  # the snippet's own tmpfs, not the host's /tmp
+    assert not Path("/tmp/big.bin").exists()
+    assert scratch_files_of(snippet_uids(workers)) == []
+    assert_aftermath(sandbox, workers)
+
+
+@pytest.mark.parametrize("where", ["tmp", "work"])
+def test_write_outside_the_working_dir_does_not_persist(sandbox, where):
+    path = Path(f"/tmp/escape-{uuid.uuid4().hex}") if where == "tmp" else Path("/work/x")
+    assert not path.exists(), f"{path} exists before the test"
+    workers = sandbox.worker_pids()
+    try:
+        code = (
+            f"with open({str(path)!r}, 'w') as handle:\n    handle.write('escaped')\nprint('wrote')"
+        )
+        result = check_result(sandbox.run(code))
+        if where == "work":
+            assert result.status == "error" and result.error_type == "PermissionError", result
+        assert result.status in ("ok", "error")
+        assert_aftermath(sandbox, workers)
+        persisted = path.exists()
+        owner = path.stat().st_uid if persisted else None
+        assert not persisted, (
+            f"a snippet's file outlived it: {path} (status {result.status}, owner uid {owner})"
+        )
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_reading_a_root_only_file_is_denied(sandbox):
+    result = check_result(sandbox.run("print(open('/etc/shadow').read())"))
+    assert result.status == "error"
+    assert result.error_type == "PermissionError", result
+    assert result.stdout == ""
+
+
+# ----------------------------------------------------------------------------- secrets and network
+
+SECRETS = {
+    "WANDB_API_KEY": "fake-secret-wandb",
+    "HF_TOKEN": "fake-secret-hf",
+    "OPENAI_API_KEY": "fake-secret-openai",
+}
+
+
+def test_environment_secrets_do_not_reach_snippets(monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    with Sandbox(workers=1, timeout=TIMEOUT) as fresh:
+        [worker] = fresh.worker_pids()
+        with open(f"/proc/{worker}/environ", "rb") as handle:
+            worker_environ = handle.read().decode()
+        code = (
+            "import os\n"
+            "print(dict(os.environ))\n"
+            f"for path in ['/proc/1/environ', '/proc/{worker}/environ', '/proc/{os.getpid()}/environ',\n"
+            "             '/proc/self/environ']:\n"
+            "    try:\n"
+            "        print(path, open(path, 'rb').read())\n"
+            "    except OSError as error:\n"
+            "        print(path, repr(error))\n"
+            "for pid in os.listdir('/proc'):\n"
+            "    if pid.isdigit():\n"
+            "        try:\n"
+            "            print(pid, open(f'/proc/{pid}/environ', 'rb').read())\n"
+            "        except OSError:\n"
+            "            pass\n"
+        )
+        result = check_result(fresh.run(code))
+        assert result.status == "ok", result
+        assert "'PATH'" in result.stdout  # the snippet did print its environment
+        seen = result.stdout + result.stderr + result.feedback
+        for name, value in SECRETS.items():
+            assert value not in seen, f"{name} leaked into the snippet"
+            assert value not in worker_environ, f"{name} reached the worker"
+        assert_aftermath(fresh)
+
+
+def test_connecting_to_a_host_listener_fails(sandbox):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        code = (
+            "import socket\n"
+            f"connection = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "print('connected')\n"
+        )
+        result = check_result(sandbox.run(code))
+        assert result.status == "error", result
+        assert "connected" not in result.stdout
+        assert any(word in result.feedback for word in ("unreachable", "refused")), result
+        listener.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+    assert_aftermath(sandbox)
+
+
+# ----------------------------------------------------------------------------- exits and output
+
+
+def test_sys_exit_3_is_an_error(sandbox):
+    result = check_result(sandbox.run("import sys\nsys.exit(3)"))
+    assert result.status == "error"
+    assert result.feedback == "Code execute Error: SystemExit: 3"
+
+
+def test_os_exit_0_is_ok(sandbox):
+    result = check_result(sandbox.run("import os\nprint('before', flush=True)\nos._exit(0)"))
+    assert (result.status, result.stdout) == ("ok", "before\n")
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["import sys\nsys.stdout.write('x' * (100 << 20))", "while True:\n    print('x' * 1000)"],
+    ids=["one-100MB-write", "endless-prints"],
+)
+def test_huge_output_hits_the_output_limit_quickly(sandbox, code):
+    workers = sandbox.worker_pids()
+    started = time.monotonic()
+    result = check_result(sandbox.run(code))
+    assert time.monotonic() - started < 1.5
+    assert result.status == "output_limit", result
+    assert 0 < len(result.stdout.encode()) <= 1 << 20
+    assert result.feedback.startswith("Code execute Error: OutputLimitExceeded")
+    assert_aftermath(sandbox, workers)
+
+
+def test_non_utf8_output_is_replaced(sandbox):
+    result = check_result(sandbox.run("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe ok\\n')"))
+    assert result.status == "ok"
+    assert "\ufffd" in result.stdout and " ok" in result.stdout
+
+
+# ----------------------------------------------------------------------------- Python errors
+
+
+def test_deep_recursion_is_a_recursion_error(sandbox):
+    result = check_result(sandbox.run("def f(n):\n    return f(n + 1)\nf(0)"))
+    assert result.status == "error"
+    assert result.error_type == "RecursionError"
+    assert result.feedback.startswith("Code execute Error: RecursionError: maximum recursion depth")
+
+
+def test_unbounded_recursion_limit_is_contained(sandbox):
+    workers = sandbox.worker_pids()
+    code = "import sys\nsys.setrecursionlimit(10 ** 6)\ndef f(n):\n    return f(n + 1)\nf(0)"
+    result = check_result(sandbox.run(code, timeout=15))
+    assert result.status in ("error", "killed"), result
+    assert_aftermath(sandbox, workers)
+
+
+@pytest.mark.parametrize("code", ["def f(:\n    pass", "x = 1\nprint('unclosed"])
+def test_syntax_error_matches_in_process_exec(sandbox, code):
+    try:
+        exec(compile(code, "<string>", "exec"), {})  # noqa: S102 - the reference behaviour
+    except SyntaxError as error:
+        expected = CODE_ERROR.format(exc_type="SyntaxError", message=str(error))
+    else:
+        raise AssertionError("not a syntax error")
+    result = check_result(sandbox.run(code))
+    assert result.status == "error"
+    assert result.feedback == expected
+
+
+# ----------------------------------------------------------------------------- prelude
+
+
+def test_prelude_names_reach_the_snippet_and_its_output_is_hidden(sandbox):
+    prelude = ["x = 41", "print('from the prelude')", "def g():\n    return x + 1"]
+    result = check_result(sandbox.run("print(g())", prelude=prelude))
+    assert (result.status, result.stdout, result.feedback) == ("ok", "42\n", "42")
+
+
+def test_prelude_exception_does_not_stop_the_snippet(sandbox):
+    prelude = ["y = 1", "1 / 0", "z = y + 1", "undefined_name"]
+    result = check_result(sandbox.run("print(z)", prelude=prelude))
+    assert (result.status, result.stdout) == ("ok", "2\n"), result
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_run_many_keeps_order(sandbox):
+    rng = random.Random(0)
+    jobs = []
+    for index in range(40):
+        code = f"import time\ntime.sleep({rng.uniform(0, 0.05):.3f})\nprint({index} + offset)"
+        jobs.append((code, ["offset = 0"]) if index % 2 else f"offset = 0\n{code}")
+    results = sandbox.run_many(jobs)
+    assert [(r.status, r.stdout) for r in results] == [("ok", f"{i}\n") for i in range(40)]
+
+
+def test_arun_with_gather(sandbox):
+    async def main():
+        return await asyncio.gather(*(sandbox.arun(f"print({i} * {i})") for i in range(6)))
+
+    results = asyncio.run(main())
+    assert [r.stdout for r in results] == [f"{i * i}\n" for i in range(6)]
+
+
+def test_run_is_thread_safe(sandbox):
+    results: dict[tuple[int, int], ExecResult] = {}
+    errors = []
+
+    def worker(thread: int) -> None:
+        try:
+            for round_ in range(4):
+                results[thread, round_] = sandbox.run(f"print({thread} * 100 + {round_})")
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert len(results) == 32
+    for (thread, round_), result in results.items():
+        assert (result.status, result.stdout) == ("ok", f"{thread * 100 + round_}\n")
+
+
+# ----------------------------------------------------------------------------- worker loss
+
+
+def test_worker_killed_from_outside_is_replaced():
+    with Sandbox(workers=1, timeout=TIMEOUT) as fresh:
+        [old] = fresh.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        assert wait_for(lambda: not alive(old))
+        result = check_result(fresh.run("print(1)"))
+        assert result.status in ("killed", "ok"), result
+        if result.status == "ok":
+            assert result.stdout == "1\n"
+        [new] = fresh.worker_pids()
+        assert new != old and alive(new)
+        assert_next_snippet_works(fresh)
+        assert wait_for(lambda: nothing_left([old, new]))
+
+
+def test_worker_killed_mid_snippet_gives_killed_and_leaves_nothing():
+    with Sandbox(workers=1, timeout=5.0) as fresh:
+        [old] = fresh.worker_pids()
+        box: dict = {}
+        thread = threading.Thread(
+            target=lambda: box.setdefault("r", fresh.run("import time\ntime.sleep(600)"))
+        )
+        thread.start()
+        try:
+            assert wait_for(lambda: live_pids_of(snippet_uids([old])), 5), (
+                "the snippet never started"
+            )
+            os.kill(old, signal.SIGKILL)
+            thread.join(4)
+            assert not thread.is_alive(), "run() did not return after its worker died"
+            assert check_result(box["r"]).status == "killed"
+            assert_next_snippet_works(fresh)
+            assert wait_for(lambda: not live_pids_of(snippet_uids([old]))), (
+                f"the snippet outlived its worker: {describe(live_pids_of(snippet_uids([old])))}"
+            )
+        finally:
+            for pid in live_pids_of(snippet_uids([old])):  # do not leave a failure's debris running
+                os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- leaks
+
+
+def test_thousand_mixed_snippets_leak_nothing(sandbox):
+    workers = sandbox.worker_pids()
+    fds_before = open_fds()
+    kinds = [
+        ("print({i})", "ok", "{i}\n"),
+        ("raise ValueError({i})", "error", ""),
+        ("print('x', end='')", "ok", "x"),
+        ("import time\ntime.sleep(0.002)", "ok", ""),
+    ]
+    for i in range(1000):
+        code, status, stdout = kinds[i % len(kinds)]
+        result = sandbox.run(code.format(i=i))
+        assert (result.status, result.stdout) == (status, stdout.format(i=i)), (i, result)
+        if status == "error":
+            assert result.feedback == f"Code execute Error: ValueError: {i}"
+    assert sandbox.worker_pids() == workers
+    assert {pid: live_descendants(pid) for pid in workers} == {pid: [] for pid in workers}
+    assert not live_pids_of(snippet_uids(workers))
+    assert open_fds() <= fds_before + 2, (fds_before, open_fds())
+    assert scratch_files_of(snippet_uids(workers)) == []
+
+
+def test_close_removes_workers():
+    fresh = Sandbox(workers=2, timeout=TIMEOUT)
+    workers = fresh.worker_pids()
+    assert fresh.run("print(1)").status == "ok"
+    fresh.close()
+    assert not any(alive(pid) for pid in workers)
+    assert not live_pids_of(snippet_uids(workers))
+    with pytest.raises(SandboxError):
+        fresh.run("print(1)")
+    fresh.close()  # idempotent
+
+
+# ----------------------------------------------------------------------------- host shutdown
+
+HOST_PROGRAM = """
+import threading
+from genprm.sandbox import Sandbox
+
+with Sandbox(workers=2, timeout=600) as sandbox:
+    print(*sandbox.worker_pids(), flush=True)
+    threads = [
+        threading.Thread(target=sandbox.run, args=("import time\\ntime.sleep(600)",))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_host_signal_leaves_no_workers_or_snippets(signum):
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST_PROGRAM],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert select.select([host.stdout], [], [], 60)[0], "the host program printed nothing"
+        line = host.stdout.readline()
+        workers = [int(pid) for pid in line.split()]
+        assert len(workers) == 2, (line, host.poll())
+        uids = snippet_uids(workers)
+        assert wait_for(
+            lambda: {os.stat(f"/proc/{p}").st_uid for p in live_pids_of(uids)} == uids, 10
+        ), "the sleeping snippets never started"
+        host.send_signal(signum)
+        host.wait(timeout=15)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+    assert wait_for(lambda: not any(alive(p) for p in workers) and not live_pids_of(uids), 5), {
+        "workers": {pid: proc_state(pid) for pid in workers},
+        "snippets": live_pids_of(uids),
+    }
