@@ -188,6 +188,7 @@ def test_isolation_facts_on_root(sandbox):
     assert facts == {
         "private_network": True,
         "pid_namespaces": True,
+        "private_scratch": True,
         "uid": UID_BASE + sandbox.worker_pids()[0],
         "missing": [],
     }

@@ -272,6 +272,7 @@ def test_isolation_facts(checked):
     isolation = report["isolation"]
     assert isolation["private_network"] is True
     assert isolation["pid_namespaces"] is True
+    assert isolation["private_scratch"] is True
     assert isolation["uid"] is None
     assert any("dedicated uid" in item for item in isolation["missing"]), isolation
 

@@ -149,9 +149,11 @@ class Sandbox:
 
     @property
     def isolation(self) -> dict:
-        """What this host allowed: private network, PID namespaces, dedicated uid, what is missing."""
+        """What this host allowed: private network, PID namespaces, private /tmp, dedicated uid,
+        and what is missing."""
         facts = self._workers[0].facts
-        return {key: facts[key] for key in ("private_network", "pid_namespaces", "uid", "missing")}
+        keys = ("private_network", "pid_namespaces", "private_scratch", "uid", "missing")
+        return {key: facts[key] for key in keys}
 
     def worker_pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]

@@ -119,6 +119,7 @@ class Worker:
             "uid": self.uid,
             "private_network": self.private_network,
             "pid_namespaces": self.pid_namespaces,
+            "private_scratch": self.private_scratch,
             "missing": self.missing,
         }
 
