@@ -139,7 +139,14 @@ class Sandbox:
         self._lock = threading.Lock()
         self._closed = False
         with ThreadPoolExecutor(workers) as starter:
-            self._workers = list(starter.map(lambda _: _Worker(self._config), range(workers)))
+            starts = [starter.submit(_Worker, self._config) for _ in range(workers)]
+        failed = [start.exception() for start in starts if start.exception()]
+        if failed:  # do not leave the workers that did start running
+            for start in starts:
+                if not start.exception():
+                    start.result().kill()
+            raise failed[0]
+        self._workers = [start.result() for start in starts]
         for worker in self._workers:
             self._idle.put(worker)
         missing = self._workers[0].facts["missing"]
