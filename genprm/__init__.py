@@ -1,1 +1,2 @@
-"""GenPRM core: the wire format, the embedded default model, and (later) the sandbox, grading and generation engines. Never imports axolotl or vLLM."""
+"""GenPRM core: the wire format, training records, the embedded default model, the sandbox for
+model-written code and answer grading. Never imports axolotl or vLLM."""
