@@ -2,9 +2,10 @@
 :class:`genprm.sandbox.Sandbox`, one per slot.
 
 It imports and exercises sympy, numpy and math-verify once, isolates itself (private network
-namespace), then serves one JSON request per line on stdin: for each snippet it forks a fresh
-child (its own session and, where possible, PID namespace; closed descriptors, scrubbed
-environment, private working directory, rlimits, dropped uid when root), collects its output
+namespace, init of its own PID namespace), then serves one JSON request per line on stdin: for
+each snippet it forks one fresh child (its own session and, where possible, PID namespace and
+private tmpfs /tmp; closed descriptors, scrubbed environment, rlimits, no capabilities, dropped
+uid when root), collects its output
 under a wall-clock deadline and an output cap, kills whatever the snippet left behind, and
 answers one JSON line on stdout. EOF on stdin (the host went away) ends it.
 """
@@ -229,7 +230,8 @@ class Worker:
                 pass
 
     def _child(self, request: dict, workdir: str, fds: list[int]) -> None:
-        """In the forked child: isolate, then run the snippet (in a PID namespace's init)."""
+        """In the forked child (the init of a fresh PID namespace where possible): isolate,
+        then run the snippet."""
         os.setsid()
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         if self.private_scratch:
@@ -251,7 +253,7 @@ class Worker:
         )
         if self.uid is not None:
             isolation.drop_to_uid(self.uid)
-        # After the uid change, which clears it: die with the parent (worker or PID 1's parent).
+        # Again after the uid change, which clears it: the snippet dies with its worker.
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         with contextlib.suppress(OSError):
             isolation.drop_capabilities()
