@@ -1,12 +1,13 @@
 """Sandbox latency and throughput against a fresh interpreter per snippet.
 
 Per snippet, median and p95 wall-clock latency of (a) ``print(1)`` and (b) a sympy simplify,
-each run three ways: through ``Sandbox(workers=1)`` (after one warm-up call; every snippet still
-gets a fresh forked process), in a fresh ``python -I -c`` subprocess (what a sandbox without a warm
-worker pays), and with in-process ``exec`` (no isolation at all; reference only, and warm after
-its first call for (b)). Then ``run_many`` throughput over ``print(1)``-style snippets with two
-workers vs one, and the headline ratio "fresh interpreter / sandbox" for the sympy snippet (the
-target is at least 25x). Worker start-up is not timed. Well under 2 minutes on 2 cores:
+each run four ways: through ``Sandbox(workers=1)`` (after one warm-up call; every snippet still
+gets a fresh forked process), the same with ``bwrap=True`` (skipped without bwrap), in a fresh
+``python -I -c`` subprocess (what a sandbox without a warm worker pays), and with in-process
+``exec`` (no isolation at all; reference only, and warm after its first call for (b)). Then
+``run_many`` throughput over ``print(1)``-style snippets with two workers vs one, and the
+headline ratio "fresh interpreter / sandbox" for the sympy snippet (the target is at least 25x).
+Worker start-up is not timed. Well under 2 minutes on 2 cores:
 
     .venv/bin/python bench/bench_sandbox.py [--sandbox-runs 30] [--fresh-runs 10] [--batch 200]
 """
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import io
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,15 +82,22 @@ def main() -> None:
     args = parser.parse_args()
 
     medians: dict[tuple[str, str], float] = {}
-    with Sandbox(workers=1) as sandbox:
-        print(f"sandbox isolation: {sandbox.isolation}\n")
+    with contextlib.ExitStack() as stack:
+        sandboxes = {"sandbox": stack.enter_context(Sandbox(workers=1))}
+        if shutil.which("bwrap"):
+            sandboxes["sandbox, bwrap"] = stack.enter_context(Sandbox(workers=1, bwrap=True))
+        else:
+            print("no bwrap on PATH: no bwrap row (apt-get install bubblewrap)")
+        print(f"sandbox isolation: {sandboxes['sandbox'].isolation}\n")
         ways = {
-            "sandbox": (lambda code: check(sandbox.run(code)), args.sandbox_runs),
-            "fresh interpreter": (fresh, args.fresh_runs),
-            "in-process exec": (in_process, args.sandbox_runs),
+            way: (lambda code, sandbox=sandbox: check(sandbox.run(code)), args.sandbox_runs)
+            for way, sandbox in sandboxes.items()
         }
+        ways["fresh interpreter"] = (fresh, args.fresh_runs)
+        ways["in-process exec"] = (in_process, args.sandbox_runs)
         for name, code in SNIPPETS.items():
-            check(sandbox.run(code))  # warm-up
+            for sandbox in sandboxes.values():
+                check(sandbox.run(code))  # warm-up
             print(f"({name})  {code}")
             for way, (call, runs) in ways.items():
                 times = timed(call, code, runs)

@@ -190,6 +190,7 @@ def test_isolation_facts_on_root(sandbox):
         "pid_namespaces": True,
         "private_scratch": True,
         "uid": UID_BASE + sandbox.worker_pids()[0],
+        "bwrap": False,
         "missing": [],
     }
     result = sandbox.run("import os\nprint(os.getuid(), os.getgid(), os.getpid(), os.getgroups())")

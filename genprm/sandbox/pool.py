@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from typing import Self
 
+from . import bwrap as _bwrap
 from .result import ExecResult
 
 LOG = logging.getLogger(__name__)
@@ -48,12 +51,12 @@ class SandboxError(RuntimeError):
 class _Worker:
     """One warm worker process and the pipe protocol to it."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, wrapper: list[str]):
         self.config = config
         env = {**_WORKER_ENV, **{k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "genprm.sandbox.worker", json.dumps(config)],
+            [*wrapper, sys.executable, "-m", "genprm.sandbox.worker", json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -119,7 +122,8 @@ class Sandbox:
 
     Thread-safe; ``arun`` serves asyncio code. Closing (also on exit, on an exception in the
     ``with`` block, or when the host dies: workers exit on EOF of their stdin) leaves no
-    processes behind.
+    processes behind. ``bwrap=True`` also runs each worker inside bubblewrap, which shows it
+    only a read-only system and Python (:mod:`genprm.sandbox.bwrap`).
     """
 
     def __init__(
@@ -128,18 +132,28 @@ class Sandbox:
         timeout: float = 5.0,
         memory_mb: int = 1024,
         output_limit: int = OUTPUT_LIMIT,
+        bwrap: bool = False,
     ):
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        self._wrapper: list[str] = []
+        if bwrap:
+            found = shutil.which("bwrap")
+            if found is None:
+                raise SandboxError(
+                    "Sandbox(bwrap=True) needs bwrap: install bubblewrap"
+                    " (Debian/Ubuntu: apt-get install bubblewrap)"
+                )
+            self._wrapper = _bwrap.command(found)
         self.timeout = timeout
         self.output_limit = output_limit
-        self._config = {"memory_mb": memory_mb, "output_limit": output_limit}
+        self._config = {"memory_mb": memory_mb, "output_limit": output_limit, "bwrap": bwrap}
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
         with ThreadPoolExecutor(workers) as starter:
-            starts = [starter.submit(_Worker, self._config) for _ in range(workers)]
+            starts = [starter.submit(_Worker, self._config, self._wrapper) for _ in range(workers)]
         failed = [start.exception() for start in starts if start.exception()]
         if failed:  # do not leave the workers that did start running
             for start in starts:
@@ -157,9 +171,9 @@ class Sandbox:
     @property
     def isolation(self) -> dict:
         """What this host allowed: private network, PID namespaces, private /tmp, dedicated uid,
-        and what is missing."""
+        whether the workers run in bubblewrap, and what is missing."""
         facts = self._workers[0].facts
-        keys = ("private_network", "pid_namespaces", "private_scratch", "uid", "missing")
+        keys = ("private_network", "pid_namespaces", "private_scratch", "uid", "bwrap", "missing")
         return {key: facts[key] for key in keys}
 
     def worker_pids(self) -> list[int]:
@@ -204,7 +218,7 @@ class Sandbox:
 
     def _replace(self, dead: _Worker) -> _Worker:
         dead.kill()
-        fresh = _Worker(self._config)
+        fresh = _Worker(self._config, self._wrapper)
         with self._lock:
             self._workers[self._workers.index(dead)] = fresh
         return fresh
@@ -217,7 +231,7 @@ class Sandbox:
         for worker in self._workers:
             worker.close()
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -78,6 +78,9 @@ class Worker:
     def __init__(self, config: dict):
         self.memory_bytes = int(config["memory_mb"]) << 20
         self.output_limit = int(config["output_limit"])
+        self.bwrap = bool(config["bwrap"])
+        if self.bwrap:  # die with bwrap, our parent, as we do with the host (EOF on stdin)
+            isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         self.uid = os.getpid() + 100_000 if os.geteuid() == 0 else None
         self.missing: list[str] = []
         try:
@@ -121,6 +124,7 @@ class Worker:
             "private_network": self.private_network,
             "pid_namespaces": self.pid_namespaces,
             "private_scratch": self.private_scratch,
+            "bwrap": self.bwrap,
             "missing": self.missing,
         }
 
@@ -269,9 +273,9 @@ def _execute(prelude: list[str], code: str) -> None:
     report: dict = {}
     for block in prelude:
         with contextlib.suppress(BaseException), contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(block, "<string>", "exec"), namespace)
+            exec(compile(block, "<string>", "exec"), namespace)  # noqa: S102
     try:
-        exec(compile(code, "<string>", "exec"), namespace)
+        exec(compile(code, "<string>", "exec"), namespace)  # noqa: S102
     except SystemExit as stop:
         if stop.code not in (None, 0):
             report = {"type": "SystemExit", "message": str(stop.code)}
