@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .backends import SamplingParams, add_engine_arguments, engine_from_args
+from .backends import EngineError, SamplingParams, add_engine_arguments, engine_from_args
 
 
 class InputError(ValueError):
@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     done = completed_lines(args.output) if args.output else 0
     if done:
         print(f"genprm-generate: {done} of {len(rows)} already in {args.output}", file=sys.stderr)
-    engine = engine_from_args(args)
+    try:
+        engine = engine_from_args(args)
+    except EngineError as error:
+        print(f"genprm-generate: {error}", file=sys.stderr)
+        return 1
     started = time.monotonic()
     out = args.output.open("a", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
+    except EngineError as error:
+        print(f"genprm-generate: {error} (rerun to continue after the last line)", file=sys.stderr)
+        return 1
     finally:
         if out is not sys.stdout:
             out.close()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -86,11 +87,25 @@ def read_wandb_run():
     wandb 0.31 writes offline runs only to its binary log (no wandb-summary.json)."""
     from wandb.proto import wandb_internal_pb2
 
+    def records(run_dir: Path, timeout_s: float = 60.0) -> list:
+        # wandb's writer is a separate process that may still be flushing when training has
+        # exited: wait for the run's final "exit" record.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            parsed = []
+            for payload in _wandb_records(next(Path(run_dir).glob("*.wandb"))):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(payload)
+                parsed.append(record)
+            if any(r.WhichOneof("record_type") == "exit" for r in parsed):
+                return parsed
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the W&B run in {run_dir} was not finished in {timeout_s} s")
+            time.sleep(0.5)
+
     def read(run_dir: Path) -> tuple[dict, dict]:
         history, summary = {}, {}
-        for payload in _wandb_records(next(Path(run_dir).glob("*.wandb"))):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(payload)
+        for record in records(run_dir):
             kind = record.WhichOneof("record_type")
             items = (
                 record.history.item

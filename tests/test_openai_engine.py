@@ -4,6 +4,7 @@ The servers run in the generation environment (.venv-vllm, $GENPRM_VLLM_PYTHON);
 in the training environment, as a user's pipeline would: the two meet over HTTP.
 """
 
+import http.server
 import json
 import logging
 import os
@@ -219,3 +220,48 @@ def test_a_server_crash_mid_batch_loses_no_finished_result(servers, api_key_in_e
     finally:
         crasher.join()
         engine.close()
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """Lists the model like a vLLM server, then answers every completion with HTTP 503."""
+
+    completions = 0
+
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": self.server.model, "root": self.server.model}]})
+        self._answer(200, body)
+
+    def do_POST(self):
+        type(self).completions += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(503, json.dumps({"error": {"message": "overloaded"}}))
+
+    def _answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_5xx_is_retried_on_another_server_which_then_takes_the_work(servers, api_key_in_env):
+    failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    failing.model = servers[1].model
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    flaky = f"http://127.0.0.1:{failing.server_address[1]}/v1"
+    try:
+        with make_engine(
+            "openai", base_urls=[flaky, servers[1].base_url], max_concurrency=1, backoff_s=0.05
+        ) as engine:
+            completions = engine.generate(
+                ["One", "Two", "Three", "Four"], SamplingParams(max_tokens=2)
+            )
+            assert all(c.samples[0].token_ids for c in completions)
+            assert engine.requests_per_server() == {flaky: 0, servers[1].base_url: 4}
+        # after its first 503 the failing server is passed over while the other one is healthy
+        assert 1 <= _Failing.completions <= 2, _Failing.completions
+    finally:
+        failing.shutdown()

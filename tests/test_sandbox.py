@@ -716,3 +716,30 @@ def test_host_signal_leaves_no_workers_or_snippets(signum):
         "workers": {pid: proc_state(pid) for pid in workers},
         "snippets": live_pids_of(uids),
     }
+
+
+def test_python_paths_under_tmp_stay_importable_and_read_only(monkeypatch):
+    """A checkout (virtual environment, package) under /tmp is not hidden by the snippet's
+    private /tmp: it stays visible, read-only."""
+    import shutil
+    import tempfile
+
+    from genprm.sandbox.isolation import scratch_shadowed
+
+    folder = tempfile.mkdtemp(prefix="genprm-checkout-", dir="/tmp")
+    try:
+        os.chmod(folder, 0o755)
+        Path(folder, "shadow_probe.py").write_text("VALUE = 41\n")
+        Path(folder, "shadow_probe.py").chmod(0o644)
+        monkeypatch.syspath_prepend(folder)
+        assert scratch_shadowed([folder, folder + "/sub", "/usr/lib"]) == [folder]
+        with Sandbox(workers=1) as sandbox:
+            assert sandbox.isolation["private_scratch"]
+            result = sandbox.run("import shadow_probe\nprint(shadow_probe.VALUE + 1)")
+            assert result.status == "ok" and result.stdout == "42\n", result
+            write = sandbox.run(f"open({folder + '/new.py'!r}, 'w')")
+            assert write.status == "error" and write.error_type in ("OSError", "PermissionError")
+            assert sandbox.run("open('/tmp/mine', 'w').write('x')").status == "ok"
+        assert not Path(folder, "new.py").exists()
+    finally:
+        shutil.rmtree(folder)

@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 
 import httpx
 
@@ -29,6 +30,9 @@ from .types import (
 
 LOG = logging.getLogger(__name__)
 _TOKEN_ID_PREFIX = "token_id:"
+# A server that just failed gets requests only when every other one failed recently too;
+# after this long it is tried like the others again (it may have been restarted).
+FAILURE_COOLDOWN_S = 30.0
 
 
 class _Server:
@@ -39,7 +43,11 @@ class _Server:
         self.root = self.base_url.removesuffix("/v1")
         self.in_flight = 0
         self.completed = 0
-        self.failing = False
+        self.failed_at = -FAILURE_COOLDOWN_S
+
+    @property
+    def failing(self) -> bool:
+        return time.monotonic() - self.failed_at < FAILURE_COOLDOWN_S
 
 
 class OpenAIEngine(Engine):
@@ -196,16 +204,17 @@ class OpenAIEngine(Engine):
                 try:
                     response = await self._client.post(f"{server.base_url}/completions", json=body)
                 except httpx.TransportError as error:  # connection refused or reset, timeout
-                    server.failing = True
+                    server.failed_at = time.monotonic()
                     last_error = f"{server.base_url}: {_describe(error)}"
                     continue
                 finally:
                     server.in_flight -= 1
             if response.status_code == 429 or response.status_code >= 500:
-                server.failing = response.status_code >= 500
+                if response.status_code >= 500:
+                    server.failed_at = time.monotonic()
                 last_error = f"{server.base_url}: HTTP {response.status_code} {_message(response)}"
                 continue
-            server.failing = False
+            server.failed_at = -FAILURE_COOLDOWN_S
             if response.status_code >= 400:
                 raise EngineError(
                     f"{server.base_url} rejected the request: HTTP {response.status_code} "
@@ -224,7 +233,7 @@ class OpenAIEngine(Engine):
         )
 
     def _pick(self) -> _Server:
-        """Healthy before failing, then least busy, ties taken in turn."""
+        """Not recently failed first, then least busy, ties taken in turn."""
         self._turn += 1
         count = len(self.servers)
         order = {id(s): (i - self._turn) % count for i, s in enumerate(self.servers)}

@@ -16,7 +16,10 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 32, 4096
+_MS_REC, _MS_PRIVATE, _MS_RELATIME = 1 << 14, 1 << 18, 1 << 21
+# statvfs flags with the same value as the mount flag
+_KEPT_FLAGS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME
 # Directories any user may write to; each snippet gets its own empty, size-capped copy.
 SCRATCH_MOUNTS = {"/tmp": "64m", "/var/tmp": "16m", "/dev/shm": "16m"}
 
@@ -73,16 +76,42 @@ def works_in_child(setup) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def private_scratch(owner: int) -> None:
+def scratch_shadowed(paths) -> list[str]:
+    """The outermost of ``paths`` (existing folders) that a scratch mount would hide, such as a
+    virtual environment in a checkout under /tmp."""
+    inside = sorted(
+        {
+            os.path.abspath(path)
+            for path in paths
+            if os.path.isdir(path)
+            and any(os.path.abspath(path).startswith(target + "/") for target in SCRATCH_MOUNTS)
+        }
+    )
+    return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
+
+
+def private_scratch(owner: int, keep: list[str] = ()) -> None:
     """A private mount namespace whose /tmp, /var/tmp and /dev/shm are fresh tmpfs owned by
-    ``owner``: whatever a snippet writes there disappears with it."""
+    ``owner``: whatever a snippet writes there disappears with it. The folders in ``keep``
+    (from ``scratch_shadowed``) stay visible there, read-only."""
     unshare(CLONE_NEWNS)
     _check(_libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None))
+    originals = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep}
     for target, size in SCRATCH_MOUNTS.items():
         if os.path.isdir(target):
             options = f"size={size},mode=700,uid={owner},gid={owner}".encode()
             flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
             _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options))
+    for path, fd in originals.items():
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        source = f"/proc/self/fd/{fd}".encode()
+        _check(_libc.mount(source, path.encode(), None, ctypes.c_ulong(_MS_BIND | _MS_REC), None))
+        # A remount must repeat the flags a user namespace inherited locked from the original.
+        inherited = os.statvfs(path).f_flag & _KEPT_FLAGS
+        relatime = _MS_RELATIME if os.statvfs(path).f_flag & os.ST_RELATIME else 0
+        flags = ctypes.c_ulong(_MS_BIND | _MS_REMOUNT | _MS_RDONLY | inherited | relatime)
+        _check(_libc.mount(None, path.encode(), None, flags, None))
+        os.close(fd)
 
 
 def drop_capabilities() -> None:

@@ -96,8 +96,9 @@ class Worker:
         if not self.pid_namespaces:
             self.missing.append("PID namespace: leftover processes are found by process tree")
         self.owner = self.uid if self.uid is not None else os.getuid()
+        self.keep = isolation.scratch_shadowed([*sys.path, sys.prefix, sys.base_prefix])
         self.private_scratch = isolation.works_in_child(
-            lambda: isolation.private_scratch(self.owner)
+            lambda: isolation.private_scratch(self.owner, self.keep)
         )
         if not self.private_scratch:
             self.missing.append("mount namespace: files written to /tmp outlive the snippet")
@@ -239,7 +240,7 @@ class Worker:
         os.setsid()
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         if self.private_scratch:
-            isolation.private_scratch(self.owner)
+            isolation.private_scratch(self.owner, self.keep)
         null = os.open(os.devnull, os.O_RDONLY)
         for target, fd in zip((0, 1, 2, 3), (null, *fds)):
             os.dup2(fd, target)
