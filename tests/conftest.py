@@ -87,9 +87,9 @@ def read_wandb_run():
     wandb 0.31 writes offline runs only to its binary log (no wandb-summary.json)."""
     from wandb.proto import wandb_internal_pb2
 
-    def records(run_dir: Path, timeout_s: float = 60.0) -> list:
-        # wandb's writer is a separate process that may still be flushing when training has
-        # exited: wait for the run's final "exit" record.
+    def records(run_dir: Path, timeout_s: float = 10.0) -> list:
+        # wandb's writer is a separate process: give it a moment to write the run's final
+        # "exit" record (GenPRMPlugin finishes the run before axolotl exits).
         deadline = time.monotonic() + timeout_s
         while True:
             parsed = []
