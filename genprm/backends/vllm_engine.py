@@ -99,6 +99,7 @@ class VLLMEngine(Engine):
         self._tokenizer = self._llm.get_tokenizer()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="genprm-vllm", daemon=True)
         self._thread.start()
 
@@ -112,10 +113,11 @@ class VLLMEngine(Engine):
 
     def _submit(self, request: Request) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        if self._closed:
-            future.set_exception(EngineError("the vllm engine is closed"))
-        else:
-            self._inbox.put((request, future))
+        with self._closing:  # nothing is queued behind the stop marker
+            if self._closed:
+                future.set_exception(EngineError("the vllm engine is closed"))
+            else:
+                self._inbox.put((request, future))
         return future
 
     def _run(self) -> None:
@@ -131,7 +133,7 @@ class VLLMEngine(Engine):
                 except queue.Empty:
                     break
             for item in items:
-                if item is _STOP:
+                if item is _STOP:  # always the last item: close() queues it under _closing
                     for future, _ in pending.values():
                         future.set_exception(EngineError("the vllm engine was closed"))
                     return
@@ -171,10 +173,11 @@ class VLLMEngine(Engine):
                         future.set_exception(EngineError(f"unreadable vllm output: {error}"))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._inbox.put(_STOP)
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._inbox.put(_STOP)
         self._thread.join()
         self._llm.llm_engine.engine_core.shutdown()
         del self._llm
