@@ -90,7 +90,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="openai: environment variable holding the API key",
     )
     group.add_argument(
-        "--max-concurrency", type=int, default=64, help="openai: requests in flight per server"
+        "--max-concurrency",
+        type=int,
+        default=64,
+        help="openai: requests in flight per server (in all: this times the servers)",
     )
 
 

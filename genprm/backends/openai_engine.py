@@ -1,6 +1,7 @@
 """The HTTP engine: any OpenAI-compatible ``/v1/completions`` server (vLLM, SGLang), one or many.
 
-Requests go to the least busy server, at most ``max_concurrency`` per server at a time.
+Requests go to the least busy server, at most ``max_concurrency`` times the number of
+servers in flight at a time.
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff (on another
 server when there is one); other 4xx fail at once with the server's message. The API key comes
 from the environment and is never logged. vLLM's extensions are used when present: generated
@@ -93,7 +94,7 @@ class OpenAIEngine(Engine):
         self._slots: asyncio.Semaphore | None = None
         self._client: httpx.AsyncClient | None = None
 
-        async def start() -> str:
+        async def start() -> tuple[str, str]:
             self._slots = asyncio.Semaphore(max_concurrency * len(self.servers))
             limits = httpx.Limits(max_connections=max_concurrency * len(self.servers))
             self._client = httpx.AsyncClient(
