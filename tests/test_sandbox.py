@@ -26,7 +26,7 @@ import pytest
 
 from genprm.format import CODE_ERROR, CODE_TIMEOUT
 from genprm.sandbox import STATUSES, ExecResult, Sandbox, SandboxError
-from genprm.sandbox.isolation import descendants
+from genprm.sandbox.isolation import descendants, proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 UID_BASE = 100_000  # as root, a worker's snippets run as UID_BASE + the worker's pid
@@ -38,11 +38,8 @@ TIMEOUT = 2.0
 
 def proc_state(pid: int) -> str | None:
     """The one-letter state of ``pid`` (R, S, D, Z, ...), or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
+    stat = proc_stat(pid)
+    return stat and stat[0]
 
 
 def alive(pid: int) -> bool:
@@ -72,15 +69,7 @@ def live_descendants(pid: int) -> list[int]:
 def serving_worker(pid: int) -> set[int]:
     """The worker process a launcher pid stands for: its only child, the init of the PID
     namespace in which the worker serves. Snippet processes are below it."""
-    return {child for child in descendants(pid) if _ppid(child) == pid}
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    return {child for child in descendants(pid) if (proc_stat(child) or (None, None))[1] == pid}
 
 
 def describe(pids) -> dict[int, str]:

@@ -25,7 +25,7 @@ import pytest
 
 from genprm.format import CODE_TIMEOUT
 from genprm.sandbox import Sandbox, SandboxError
-from genprm.sandbox.isolation import descendants
+from genprm.sandbox.isolation import descendants, proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 2.0
@@ -44,11 +44,7 @@ IMPORT_SNIPPET = (
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
+    return (proc_stat(pid) or ("X",))[0] not in ("Z", "X")
 
 
 def wait_for(predicate, timeout: float = 3.0) -> bool:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from genprm.sandbox.isolation import proc_stat
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
@@ -33,21 +35,13 @@ import json, logging, os, sys, time
 logging.basicConfig()
 os.environ["WANDB_API_KEY"] = SECRET = sys.argv[2]
 from genprm.sandbox import Sandbox
-from genprm.sandbox.isolation import descendants
+from genprm.sandbox.isolation import descendants, proc_stat
 
 PORT = int(sys.argv[1])
 
 
-def state(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
 def alive(pid):
-    return state(pid) not in (None, "Z", "X")
+    return (proc_stat(pid) or ("X",))[0] not in ("Z", "X")
 
 
 def live_descendants(pids):
@@ -63,15 +57,7 @@ def live_descendants(pids):
 def serving_worker(pid: int) -> set[int]:
     # The worker process a launcher pid stands for: its only child, the init of the PID
     # namespace in which the worker serves. Snippet processes are below it.
-    return {child for child in descendants(pid) if _ppid(child) == pid}
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    return {child for child in descendants(pid) if (proc_stat(child) or (None, None))[1] == pid}
 
 
 def after_grace(pids, seconds=3.0):
@@ -176,9 +162,8 @@ def pids_of(uid: int) -> dict[int, str]:
         try:
             if os.stat(f"/proc/{entry}").st_uid != uid:
                 continue
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                if handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
-                    continue
+            if (proc_stat(int(entry)) or ("X",))[0] in ("Z", "X"):
+                continue
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 found[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError):

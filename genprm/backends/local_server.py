@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 from ..models import cache_dir, default_model_path
+from .vllm_engine import cpu_environment
 
 STARTUP_TIMEOUT_S = 600.0
 
@@ -67,13 +68,7 @@ class LocalVLLMServer:
             str(self.port),
             *self.extra_args,
         ]
-        env = {
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
-            "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
-            **self.env,
-        }
+        env = {**cpu_environment(), **os.environ, **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

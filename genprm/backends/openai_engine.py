@@ -41,7 +41,6 @@ class _Server:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
-        self.root = self.base_url.removesuffix("/v1")
         self.in_flight = 0
         self.completed = 0
         self.failed_at = -FAILURE_COOLDOWN_S

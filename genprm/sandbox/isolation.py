@@ -79,14 +79,8 @@ def works_in_child(setup) -> bool:
 def scratch_shadowed(paths) -> list[str]:
     """The outermost of ``paths`` (existing folders) that a scratch mount would hide, such as a
     virtual environment in a checkout under /tmp."""
-    inside = sorted(
-        {
-            os.path.abspath(path)
-            for path in paths
-            if os.path.isdir(path)
-            and any(os.path.abspath(path).startswith(target + "/") for target in SCRATCH_MOUNTS)
-        }
-    )
+    folders = {os.path.abspath(path) for path in paths if os.path.isdir(path)}
+    inside = sorted(p for p in folders if p.startswith(tuple(t + "/" for t in SCRATCH_MOUNTS)))
     return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
 
 
@@ -107,8 +101,9 @@ def private_scratch(owner: int, keep: list[str] = ()) -> None:
         source = f"/proc/self/fd/{fd}".encode()
         _check(_libc.mount(source, path.encode(), None, ctypes.c_ulong(_MS_BIND | _MS_REC), None))
         # A remount must repeat the flags a user namespace inherited locked from the original.
-        inherited = os.statvfs(path).f_flag & _KEPT_FLAGS
-        relatime = _MS_RELATIME if os.statvfs(path).f_flag & os.ST_RELATIME else 0
+        mounted = os.statvfs(path).f_flag
+        inherited = mounted & _KEPT_FLAGS
+        relatime = _MS_RELATIME if mounted & os.ST_RELATIME else 0
         flags = ctypes.c_ulong(_MS_BIND | _MS_REMOUNT | _MS_RDONLY | inherited | relatime)
         _check(_libc.mount(None, path.encode(), None, flags, None))
         os.close(fd)
@@ -195,17 +190,22 @@ def kill_all_of(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state letter, parent pid)`` of ``pid``, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def descendants(root: int) -> list[int]:
     """Pids below ``root`` in the process tree (orphans of a subreaper are its children)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as handle:
-                    fields = handle.read().rsplit(b")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
+        if entry.isdigit() and (stat := proc_stat(int(entry))) is not None:
+            children.setdefault(stat[1], []).append(int(entry))
     found, stack = [], [root]
     while stack:
         for child in children.get(stack.pop(), []):

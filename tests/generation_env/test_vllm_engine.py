@@ -12,21 +12,20 @@ from transformers import AutoTokenizer
 
 from genprm.backends import EngineError, Request, SamplingParams, contract, make_engine
 from genprm.models import default_model_path
+from genprm.sandbox.isolation import descendants
 
 
 def child_pids() -> set[int]:
-    """Our child processes, but multiprocessing's resource tracker (it lives until we exit)."""
-    me = str(os.getpid())
-    children = set()
-    for proc in Path("/proc").glob("[0-9]*"):
+    """Processes below us, but multiprocessing's resource tracker (it lives until we exit)."""
+    found = set()
+    for pid in descendants(os.getpid()):
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (proc / "cmdline").read_bytes()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if fields[1] == me and b"resource_tracker" not in command:
-            children.add(int(proc.name))
-    return children
+        if b"resource_tracker" not in command:
+            found.add(pid)
+    return found
 
 
 @pytest.fixture(scope="module")
