@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 from genprm.backends import SamplingParams, make_engine
-from genprm.backends.local_server import LocalVLLMServer
 from genprm.models import prepare_default_model
+from genprm.testing.local_server import LocalVLLMServer
 
 TOPICS = ["a lighthouse", "bread", "the moon", "a river", "chess", "volcanoes", "bees", "trains"]
 

@@ -70,7 +70,8 @@ def main() -> None:
     from axolotl.utils.dict import DictDefault
     from transformers import AutoTokenizer
 
-    from genprm.models import prepare_default_model, qwen25_tokenizer
+    from genprm.models import prepare_default_model
+    from genprm.testing.tokenizers import qwen25_tokenizer
 
     tokenizer = (
         qwen25_tokenizer()

@@ -2,7 +2,9 @@
 
 Input: JSONL in the ProcessBench / PRM800K style, one record per line with ``problem``,
 ``steps`` (list of paragraphs) and either ``label`` (index of the first wrong step, or -1) or
-``labels`` (one 0/1 per step). Output: JSONL rows ``{"id", "conversations"}`` that
+``labels`` (one 0/1 per step), and optionally ``id`` (a record without one, or with
+``"id": null``, is named ``{file stem}-{line}``; ids must be unique). Output: JSONL rows
+``{"id", "conversations"}`` that
 ``type: genprm_train.prompt_strategy`` trains on. Each conversation judges the steps up to and
 including the first wrong one (SYSTEM_DIRECT, judgement-only assistant turns).
 """
@@ -28,6 +30,7 @@ class InputError(ValueError):
 def convert(source: Path, target: Path) -> dict[str, int]:
     """Convert ``source`` into ``target`` (written atomically); returns counts."""
     rows, yes, no = [], 0, 0
+    seen: dict[str, str] = {}  # id -> where it was first used
     with source.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -50,9 +53,11 @@ def convert(source: Path, target: Path) -> dict[str, int]:
                 parse_turn(m["content"]).judgement for m in messages if m["role"] == "assistant"
             ]
             yes, no = yes + judgements.count(True), no + judgements.count(False)
-            rows.append(
-                {"id": str(record.get("id", f"{source.stem}-{number}")), "conversations": messages}
-            )
+            record_id = _record_id(record.get("id"), f"{source.stem}-{number}", where)
+            if record_id in seen:
+                raise InputError(f"{where}: id {record_id!r} was already used at {seen[record_id]}")
+            seen[record_id] = where
+            rows.append({"id": record_id, "conversations": messages})
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
@@ -63,6 +68,16 @@ def convert(source: Path, target: Path) -> dict[str, int]:
     finally:
         staging.unlink(missing_ok=True)
     return {"conversations": len(rows), "yes_turns": yes, "no_turns": no}
+
+
+def _record_id(given, derived: str, where: str) -> str:
+    """A record's own id (a string or an integer), or ``derived`` (file stem and line number)
+    when it has none; ids must stay unique, so they are checked by the caller."""
+    if given is None:
+        return derived
+    if isinstance(given, bool) or not isinstance(given, (str, int)) or given == "":
+        raise InputError(f"{where}: `id` must be a non-empty string or an integer, got {given!r}")
+    return str(given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .backends import EngineError, SamplingParams, add_engine_arguments, engine_from_args
+from .backends import EngineError, SamplingParams
+from .cli import add_engine_arguments, engine_from_args
 
 
 class InputError(ValueError):
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # vLLM logs to stdout by default, which here carries the results.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
-        engine = engine_from_args(args)
+        engine = engine_from_args(parser, args)
     except EngineError as error:
         print(f"genprm-generate: {error}", file=sys.stderr)
         return 1

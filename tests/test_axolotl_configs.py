@@ -277,7 +277,7 @@ def test_cpu_config(validate, monkeypatch):
     assert cfg.max_steps == 24 and cfg.max_steps % cfg.save_steps == 0
 
     # The paths are the ones `make model` / `make demo` write (GENPRM_CACHE_DIR=.cache/genprm).
-    from genprm.models import default_model_path
+    from genprm.paths import default_model_path
 
     monkeypatch.setenv("GENPRM_CACHE_DIR", str(REPO_ROOT / ".cache" / "genprm"))
     assert REPO_ROOT / cfg.base_model == default_model_path()

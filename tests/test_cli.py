@@ -6,14 +6,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from data_synthesis import convert_labelled
-from genprm import models, train_report
+from genprm import models, paths
 from genprm.format import NO, OUTPUT_PREFIX, SYSTEM_DIRECT, YES, build_direct_conversation
+from genprm_train import train_report
 
 BIN = Path(sys.executable).parent
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "processbench" / "gsm8k.jsonl"
@@ -102,6 +102,35 @@ def test_convert_prm800k_labels_and_blank_lines(tmp_path, capsys):
 
 
 GOOD = {"id": "ok-1", "problem": "1+1?", "steps": ["1+1=2."], "label": -1}
+
+
+def test_convert_null_ids_are_derived_and_unique(tmp_path):
+    source = write_jsonl(
+        tmp_path / "nulls.jsonl",
+        [{**GOOD, "id": None}, {**GOOD, "id": None}, {**GOOD, "id": 7}],
+    )
+    output = tmp_path / "out.jsonl"
+    assert convert_labelled.main([str(source), str(output)]) == 0
+    assert [row["id"] for row in read_jsonl(output)] == ["nulls-1", "nulls-2", "7"]
+
+
+@pytest.mark.parametrize(
+    "records, expected",
+    [
+        ([GOOD, GOOD], r"dup\.jsonl:2: id 'ok-1' was already used at .*dup\.jsonl:1"),
+        ([{**GOOD, "id": None}, {**GOOD, "id": "dup-1"}], r"dup\.jsonl:2: id 'dup-1' was already"),
+        ([{**GOOD, "id": {"a": 1}}], r"dup\.jsonl:1: `id` must be a non-empty string or an int"),
+        ([{**GOOD, "id": ""}], r"dup\.jsonl:1: `id` must be"),
+        ([{**GOOD, "id": True}], r"dup\.jsonl:1: `id` must be"),
+    ],
+    ids=["repeated", "derived-collides", "object", "empty", "bool"],
+)
+def test_convert_rejects_bad_and_repeated_ids(tmp_path, capsys, records, expected):
+    source = write_jsonl(tmp_path / "dup.jsonl", records)
+    output = tmp_path / "out.jsonl"
+    assert convert_labelled.main([str(source), str(output)]) == 1
+    assert re.search(expected, capsys.readouterr().err)
+    assert not output.exists()
 
 
 @pytest.mark.parametrize(
@@ -204,24 +233,22 @@ def test_model_path_prints_default_under_cache_dir(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     printed = Path(done.stdout.strip())
-    assert printed == (tmp_path / "cache").resolve() / "models" / models.DEFAULT_MODEL_NAME
+    assert printed == (tmp_path / "cache").resolve() / "models" / paths.DEFAULT_MODEL_NAME
     assert not (tmp_path / "cache").exists()  # `path` only locates, it prepares nothing
 
 
 def test_model_path_in_process(capsys):
     assert models.main(["path"]) == 0
     printed = Path(capsys.readouterr().out.strip())
-    assert printed == models.default_model_path()
+    assert printed == paths.default_model_path()
     assert printed.is_relative_to(Path(os.environ["GENPRM_CACHE_DIR"]).resolve())
 
 
 def test_prepare_is_idempotent(smollm2_path):
     weights = smollm2_path / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    started = time.monotonic()
     again = models.prepare_default_model()
-    assert time.monotonic() - started < 2.0
-    assert again == smollm2_path == models.default_model_path()
+    assert again == smollm2_path == paths.default_model_path()
     assert weights.stat().st_mtime_ns == before
 
 
@@ -274,6 +301,23 @@ def test_prepare_fresh_conversion_into_tmp(tmp_path, smollm2_path):
     mtime = (target / "model.safetensors").stat().st_mtime_ns
     assert models.main(["prepare", "--output", str(target)]) == 0
     assert (target / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_concurrent_prepares_take_turns(tmp_path, smollm2_path):
+    """Two `genprm-model prepare` processes on one fresh folder: both succeed, one converts,
+    the other finds the finished checkpoint; nothing half-written or left over."""
+    target = tmp_path / "m"
+    command = [script("genprm-model"), "prepare", "--output", str(target)]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert [out.strip() for out in outputs] == [str(target)] * 2
+    marker = json.loads((target / "genprm-prepared.json").read_text())
+    assert marker == json.loads((smollm2_path / "genprm-prepared.json").read_text())
+    assert not list(tmp_path.glob(".m.tmp-*"))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(target).eos_token == "<|im_end|>"
 
 
 @pytest.fixture
@@ -353,6 +397,25 @@ def test_train_report_uses_numerically_last_checkpoint(run_dir, capsys):
     run = (wandb_dir / "offline-run-x").resolve()
     assert f"W&B run: {run}" in out
     assert "wandb sync" in out
+
+
+def test_train_report_passes_over_folders_that_are_not_trainer_checkpoints(run_dir, capsys):
+    output, wandb_dir = run_dir
+    for name in ("checkpoint-best", "checkpoint-12-copy", "checkpoint-"):
+        (output / name).mkdir()
+    (output / "checkpoint-99").write_text("a file, not a checkpoint")
+    assert train_report.latest_checkpoint(output) == output / "checkpoint-10"
+    assert train_report.main([str(output), "--wandb-dir", str(wandb_dir)]) == 0
+    assert f"checkpoint: {output / 'checkpoint-10'}" in capsys.readouterr().out
+
+
+def test_train_report_first_loss_zero(tmp_path, capsys):
+    (tmp_path / "checkpoint-2").mkdir()
+    state = trainer_state([0.0, 0.0])
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps(state))
+    assert train_report.main([str(tmp_path), "--wandb-dir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "loss 0.0000 -> 0.0000\n" in out
 
 
 def test_train_report_subprocess_with_wandb_dir_env(run_dir, tmp_path):

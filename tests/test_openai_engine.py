@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from genprm.backends import EngineError, Request, SamplingParams, contract, make_engine
-from genprm.backends.local_server import LocalVLLMServer, free_port
+from genprm.backends import EngineError, Request, SamplingParams, make_engine
+from genprm.testing import contract
+from genprm.testing.local_server import LocalVLLMServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = os.environ.get("GENPRM_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))

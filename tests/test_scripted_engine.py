@@ -5,14 +5,8 @@ import math
 
 import pytest
 
-from genprm.backends import (
-    EngineError,
-    Request,
-    SamplingParams,
-    Scripted,
-    ScriptedEngine,
-    contract,
-)
+from genprm.backends import EngineError, Request, SamplingParams
+from genprm.testing import Scripted, ScriptedEngine, contract
 
 STORY = "Once upon a time, a cat named Tom lived in a small house by the sea. " * 4
 

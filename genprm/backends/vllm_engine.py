@@ -15,7 +15,8 @@ import os
 import queue
 import threading
 
-from ..models import cache_dir, default_model_path, prepare_default_model
+from ..models import prepare_default_model
+from ..paths import cache_dir, default_model_path
 from .types import (
     Completion,
     Engine,

@@ -48,8 +48,9 @@ class SandboxError(RuntimeError):
     """The sandbox could not start or was used after close()."""
 
 
-class _Worker:
-    """One warm worker process and the pipe protocol to it."""
+class _WorkerHandle:
+    """The host's handle on one warm worker process (``worker.WarmWorker``) and the pipe
+    protocol to it."""
 
     def __init__(self, config: dict, wrapper: list[str]):
         self.config = config
@@ -148,12 +149,12 @@ class Sandbox:
         self.timeout = timeout
         self.output_limit = output_limit
         self._config = {"memory_mb": memory_mb, "output_limit": output_limit, "bwrap": bwrap}
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._workers: list[_Worker] = []
+        self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
+        self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
         self._closed = False
         with ThreadPoolExecutor(workers) as starter:
-            starts = [starter.submit(_Worker, self._config, self._wrapper) for _ in range(workers)]
+            starts = [starter.submit(_WorkerHandle, self._config, self._wrapper) for _ in range(workers)]
         failed = [start.exception() for start in starts if start.exception()]
         if failed:  # do not leave the workers that did start running
             for start in starts:
@@ -207,7 +208,7 @@ class Sandbox:
     async def arun(self, code: str, prelude=(), timeout: float | None = None) -> ExecResult:
         return await asyncio.to_thread(self.run, code, prelude, timeout)
 
-    def _acquire(self) -> _Worker:
+    def _acquire(self) -> _WorkerHandle:
         if self._closed:
             raise SandboxError("the sandbox is closed")
         worker = self._idle.get()
@@ -216,9 +217,9 @@ class Sandbox:
             raise SandboxError("the sandbox is closed")
         return worker
 
-    def _replace(self, dead: _Worker) -> _Worker:
+    def _replace(self, dead: _WorkerHandle) -> _WorkerHandle:
         dead.kill()
-        fresh = _Worker(self._config, self._wrapper)
+        fresh = _WorkerHandle(self._config, self._wrapper)
         with self._lock:
             self._workers[self._workers.index(dead)] = fresh
         return fresh

@@ -74,7 +74,10 @@ def warm_up() -> list[str]:
     return missing
 
 
-class Worker:
+class WarmWorker:
+    """The worker process itself: isolates itself once, then forks one child per snippet
+    (the host side is ``pool._WorkerHandle``)."""
+
     def __init__(self, config: dict):
         self.memory_bytes = int(config["memory_mb"]) << 20
         self.output_limit = int(config["output_limit"])
@@ -347,7 +350,7 @@ def _address_space() -> int:
 
 
 def main() -> None:
-    worker = Worker(json.loads(sys.argv[1]))
+    worker = WarmWorker(json.loads(sys.argv[1]))
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints must not corrupt the protocol
     reply.write(json.dumps(worker.facts()) + "\n")

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from genprm.backends import EngineError, Request, SamplingParams, contract, make_engine
-from genprm.models import default_model_path
+from genprm.backends import EngineError, Request, SamplingParams, make_engine
+from genprm.paths import default_model_path
 from genprm.sandbox.isolation import descendants
+from genprm.testing import contract
+
+pytestmark = pytest.mark.vllm
 
 
 def child_pids() -> set[int]:

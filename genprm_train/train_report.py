@@ -10,15 +10,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
+# The trainer names its checkpoints checkpoint-<global step>; other folders (a user's copy such
+# as checkpoint-best) are not the trainer's and are passed over.
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
 
 def latest_checkpoint(output_dir: Path) -> Path:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if not checkpoints:
-        raise FileNotFoundError(f"no checkpoint-* folder in {output_dir}")
-    return checkpoints[-1]
+    """The trainer checkpoint with the highest step (numerically, not by name)."""
+    steps = {
+        int(match.group(1)): path
+        for path in output_dir.glob("checkpoint-*")
+        if path.is_dir() and (match := _CHECKPOINT.fullmatch(path.name))
+    }
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint-<step> folder in {output_dir}")
+    return steps[max(steps)]
 
 
 def loss_history(output_dir: Path) -> list[dict]:
@@ -58,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {entry.get('grad_norm', float('nan')):>10.3f}"
         )
     first, last = history[0]["loss"], history[-1]["loss"]
-    print(f"\nloss {first:.4f} -> {last:.4f} ({last / first:.1%} of the first step's)")
+    change = f" ({last / first:.1%} of the first step's)" if first else ""
+    print(f"\nloss {first:.4f} -> {last:.4f}{change}")
     final = args.output_dir / "model.safetensors"
     print(f"checkpoint: {final.parent if final.exists() else latest_checkpoint(args.output_dir)}")
     run = wandb_run_dir(args.wandb_dir)

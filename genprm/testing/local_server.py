@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from ..models import cache_dir, default_model_path
-from .vllm_engine import cpu_environment
+from genprm.backends.vllm_engine import cpu_environment
+from genprm.paths import cache_dir, default_model_path
 
 STARTUP_TIMEOUT_S = 600.0
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .types import (
+from genprm.backends.types import (
     Completion,
     Engine,
     EngineError,

@@ -1,0 +1,73 @@
+"""Command-line plumbing shared by genprm's commands: the generation-engine flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from .backends import Engine, make_engine
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation-engine flags every command that generates takes."""
+    group = parser.add_argument_group("generation engine")
+    group.add_argument("--engine", choices=("vllm", "openai"), default="vllm")
+    group.add_argument(
+        "--model",
+        help="vllm: checkpoint path or hub id (default: the embedded SmolLM2-135M-Instruct); "
+        "openai: served model name (default: the first one served)",
+    )
+    group.add_argument("--tp", type=int, default=1, help="vllm: tensor-parallel size")
+    group.add_argument("--dp", type=int, default=1, help="vllm: data-parallel size")
+    group.add_argument("--dtype", default="auto", help="vllm: weights dtype")
+    group.add_argument("--max-model-len", type=int, help="vllm: context length")
+    group.add_argument("--gpu-memory-utilization", type=float, help="vllm: GPU memory share")
+    group.add_argument(
+        "--enforce-eager", action="store_true", help="vllm: skip compilation (faster start)"
+    )
+    group.add_argument(
+        "--base-url",
+        action="append",
+        dest="base_urls",
+        metavar="URL",
+        help="openai: server URL, e.g. http://node1:8000/v1; repeat for more servers",
+    )
+    group.add_argument("--tokenizer", help="openai: local tokenizer (default: the served path)")
+    group.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="openai: environment variable holding the API key",
+    )
+    group.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=64,
+        help="openai: requests in flight per server (in all: this times the servers)",
+    )
+
+
+def engine_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Engine:
+    """The engine the flags of :func:`add_engine_arguments` describe; flags that do not fit
+    the chosen engine are reported through ``parser.error`` (usage and exit status 2)."""
+    if args.engine == "vllm":
+        if args.base_urls:
+            parser.error("--base-url is for --engine openai")
+        return make_engine(
+            "vllm",
+            model=args.model,
+            tensor_parallel_size=args.tp,
+            data_parallel_size=args.dp,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enforce_eager=args.enforce_eager,
+        )
+    if not args.base_urls:
+        parser.error("--engine openai needs at least one --base-url")
+    return make_engine(
+        "openai",
+        base_urls=args.base_urls,
+        model=args.model,
+        tokenizer=args.tokenizer,
+        api_key_env=args.api_key_env,
+        max_concurrency=args.max_concurrency,
+    )
