@@ -45,12 +45,33 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Flags (by dest) that only one engine reads.
+_ENGINE_FLAGS = {
+    "vllm": {
+        "tp": "--tp",
+        "dp": "--dp",
+        "dtype": "--dtype",
+        "max_model_len": "--max-model-len",
+        "gpu_memory_utilization": "--gpu-memory-utilization",
+        "enforce_eager": "--enforce-eager",
+    },
+    "openai": {
+        "base_urls": "--base-url",
+        "tokenizer": "--tokenizer",
+        "api_key_env": "--api-key-env",
+        "max_concurrency": "--max-concurrency",
+    },
+}
+
+
 def engine_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Engine:
     """The engine the flags of :func:`add_engine_arguments` describe; flags that do not fit
     the chosen engine are reported through ``parser.error`` (usage and exit status 2)."""
+    for engine, flags in _ENGINE_FLAGS.items():
+        for dest, flag in flags.items():
+            if engine != args.engine and getattr(args, dest) != parser.get_default(dest):
+                parser.error(f"{flag} is for --engine {engine}")
     if args.engine == "vllm":
-        if args.base_urls:
-            parser.error("--base-url is for --engine openai")
         return make_engine(
             "vllm",
             model=args.model,

@@ -3,6 +3,11 @@
 Every string constant of ``shared/spec/genprm-format.md`` lives here and nowhere else. Released
 GenPRM checkpoints only work on text that matches them character for character.
 
+One deliberate deviation: the spec fences the executor's stdout with three backticks
+(``CODE_OUTPUT``), which is ambiguous when the stdout has a line of three backticks (released
+checkpoints saw exactly that). ``code_output_text`` fences such stdout, as CommonMark does, with
+one backtick more than its longest backtick-only line; any other stdout gets the spec's text.
+
 >>> messages = build_direct_conversation("What is 1+1?", ["1+1=2.", "So 3."], first_error=1)
 >>> [m["role"] for m in messages]
 ['system', 'user', 'assistant', 'user', 'assistant']
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # §1 system prompts.
 SYSTEM_COT = "You are a math teacher. Your task is to review and critique the paragraphs in solution step by step."
@@ -70,13 +76,41 @@ class ParsedTurn:
     code_blocks: list[CodeBlock] = field(default_factory=list)
 
 
+_ANALYZE_OPEN = "<analyze>\n"
+_ANALYZE_CLOSE = ANALYZE_END.rstrip("\n")
+_ANALYZE_LEAD = re.compile(r"Let's analyze the Paragraph \d+ step by step: ")
+_VERIFY_OPEN = "<verify>\n"
+_VERIFY_CLOSE = VERIFY_END.rstrip("\n")
+_VERIFY_LEAD = VERIFY_INTRO[len(_VERIFY_OPEN) :]
+_OUTPUT_OPEN = "<output>"
+_OUTPUT_CLOSE = OUTPUT_END.rstrip("\n")
+# The spellings upstream's synthesis normaliser reads: any case, spaces, \text-like wrappers.
+_BOXED_JUDGEMENT = re.compile(
+    r"\\boxed\{\s*(?:(?P<plain>(?i:yes|no))"
+    r"|\\(?:text|textbf|mathrm)\{\s*(?P<wrapped>(?i:yes|no))\s*\})\s*\}"
+)
+_CODE_OUTPUT_HEAD = CODE_OUTPUT[: CODE_OUTPUT.index("```")]
+_EXECUTOR_OPENING = re.compile(re.escape(_CODE_OUTPUT_HEAD) + r"(`{3,})\n")
+
+_TEXT, _CODE, _OUTPUT = "text", "code", "output"
+
+
 def judgement_text(correct: bool) -> str:
     """The output section: ``<output>\\n**Judgement**: $\\boxed{Yes}$\\n</output>\\n``."""
     return OUTPUT_PREFIX + "{" + (YES if correct else NO) + "}$\n" + OUTPUT_END
 
 
 def code_output_text(stdout: str) -> str:
-    return CODE_OUTPUT.format(stdout=stdout)
+    """The executor's [Code Output] block, fenced so that no line of ``stdout`` can close it.
+
+    >>> code_output_text("4") == CODE_OUTPUT.format(stdout="4")
+    True
+    >>> code_output_text("| a |\\n```\\n| 1 |")
+    '[Code Output]\\n\\n````\\n| a |\\n```\\n| 1 |\\n````\\n'
+    """
+    longest = max((len(line) for line in stdout.split("\n") if not line.strip("`")), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{_CODE_OUTPUT_HEAD}{fence}\n{stdout}\n{fence}\n"
 
 
 def render_rationale(
@@ -86,7 +120,8 @@ def render_rationale(
 
     ``verify`` alternates free text and code blocks; a block with an output gets its
     ``[Code Output]`` section. ``correct=None`` leaves the output section off (the verifier and
-    the synthesis pipeline add it later).
+    the synthesis pipeline add it later). Raises FormatError for model-written text that
+    ``parse_turn`` would read back differently; every stdout can be rendered.
 
     >>> text = render_rationale(2, "It adds.", [CodeBlock("print(1+1)", "2")], True)
     >>> text.startswith(ANALYZE_PREFIX.format(t=2) + "It adds.\\n" + ANALYZE_END + VERIFY_PREFIX)
@@ -94,14 +129,20 @@ def render_rationale(
     >>> parse_turn(text).code_blocks
     [CodeBlock(code='print(1+1)', output='2')]
     """
-    parts = [ANALYZE_PREFIX.format(t=step), _with_newline(analysis), ANALYZE_END, VERIFY_INTRO]
-    for piece in verify:
+    analysis = _with_newline(analysis)
+    _check_model_text("the analysis", analysis, _ANALYZE_CLOSE, correct)
+    parts = [ANALYZE_PREFIX.format(t=step), analysis, ANALYZE_END, VERIFY_INTRO]
+    previous: str | CodeBlock | None = None
+    for index, piece in enumerate(verify):
         if isinstance(piece, CodeBlock):
+            _check_code(index, piece.code)
             parts += [CODE_OPEN, piece.code, CODE_CLOSE]
             if piece.output is not None:
                 parts.append(code_output_text(piece.output))
         else:
+            _check_text_piece(index, piece, previous, correct)
             parts.append(piece)
+        previous = piece
     parts.append(VERIFY_END)
     if correct is not None:
         parts.append(judgement_text(correct))
@@ -112,103 +153,214 @@ def _with_newline(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-_ANALYZE_OPEN = "<analyze>\n"
-_ANALYZE_LEAD = re.compile(r"Let's analyze the Paragraph \d+ step by step: ")
-_VERIFY_OPEN = "<verify>\n"
-_OUTPUT_OPEN = "<output>"
-_BOXED_JUDGEMENT = re.compile(r"\\boxed\{\s*(yes|no)\s*\}", re.IGNORECASE)
-_CODE_OUTPUT_HEAD = CODE_OUTPUT[: CODE_OUTPUT.index("{stdout}")]
+def _check_code(index: int, code: str) -> None:
+    if (code + CODE_CLOSE).find(CODE_CLOSE) < len(code):
+        raise FormatError(
+            f"verify piece {index}: the code has a line '```' after its first line, "
+            "which would end the code block early"
+        )
 
 
-def _section(text: str, opening: str, closing: str, required_close: bool = True) -> str | None:
-    """The body between the first ``opening`` and the next ``closing`` (scans are linear)."""
-    start = text.find(opening)
-    if start < 0:
-        return None
-    start += len(opening)
-    end = text.find(closing, start)
-    if end < 0:
-        return None if required_close else text[start:]
-    return text[start:end]
+def _check_text_piece(
+    index: int, piece: str, previous: str | CodeBlock | None, correct: bool | None
+) -> None:
+    where = f"verify piece {index}"
+    if not piece:
+        raise FormatError(f"{where} is empty text, which would read back as nothing")
+    if isinstance(previous, str):
+        raise FormatError(f"{where} follows another text piece; the two would read back as one")
+    after_bare_code = isinstance(previous, CodeBlock) and previous.output is None
+    if after_bare_code and _EXECUTOR_OPENING.match(piece):
+        raise FormatError(
+            f"{where} starts with a [Code Output] block, which right after a code block without "
+            "output would read back as the executor's output of that block"
+        )
+    _check_model_text(where, piece, _VERIFY_CLOSE, correct)
 
 
-def _code_output_end(text: str, start: int, end: int) -> int:
-    """End of the [Code Output] block starting at ``start``, or -1 if none is closed by ``end``."""
-    if not text.startswith(_CODE_OUTPUT_HEAD, start, end):
-        return -1
-    close = text.find(CODE_CLOSE, start + len(_CODE_OUTPUT_HEAD), end)
-    return -1 if close < 0 else close + len(CODE_CLOSE)
+def _check_model_text(where: str, text: str, closing: str, correct: bool | None) -> None:
+    if CODE_OPEN in text:
+        raise FormatError(f"{where} contains {CODE_OPEN!r}, which would open a code block")
+    if closing in text:
+        raise FormatError(f"{where} contains {closing!r}, which would end its section early")
+    if correct is None and _BOXED_JUDGEMENT.search(text):
+        raise FormatError(
+            f"{where} contains a boxed Yes/No, which without an output section would read back "
+            "as the judgement"
+        )
+
+
+class _Segment(NamedTuple):
+    """A stretch of a turn: model text, a python code block or an executor output block.
+
+    ``start:end`` covers the whole block, fences included; ``inner_start:inner_end`` is its
+    code or stdout (for model text, the same span).
+    """
+
+    kind: str
+    start: int
+    end: int
+    inner_start: int
+    inner_end: int
+
+
+def _scan(text: str, start: int = 0, end: int | None = None) -> list[_Segment]:
+    """Split ``text[start:end]`` into model text, code blocks and executor output blocks.
+
+    A code block runs from ``CODE_OPEN`` to the first ``CODE_CLOSE``. Directly after it, and only
+    there, the executor writes its block: the [Code Output] header, a fence line of three or more
+    backticks, the stdout, and the first line equal to that fence. A block that never closes is
+    no block: the scan stops and the rest is model text. Each character is read a bounded
+    number of times.
+    """
+    end = len(text) if end is None else end
+    segments: list[_Segment] = []
+    cursor = start
+    while (opening := text.find(CODE_OPEN, cursor, end)) >= 0:
+        code_start = opening + len(CODE_OPEN)
+        code_end = text.find(CODE_CLOSE, code_start, end)
+        if code_end < 0:
+            break
+        if opening > cursor:
+            segments.append(_Segment(_TEXT, cursor, opening, cursor, opening))
+        cursor = code_end + len(CODE_CLOSE)
+        segments.append(_Segment(_CODE, opening, cursor, code_start, code_end))
+        fence = _EXECUTOR_OPENING.match(text, cursor, end)
+        if fence is None:
+            continue
+        closing = text.find("\n" + fence[1] + "\n", fence.end(), end)
+        if closing < 0:
+            break
+        block_end = closing + len(fence[1]) + 2
+        segments.append(_Segment(_OUTPUT, cursor, block_end, fence.end(), closing))
+        cursor = block_end
+    if cursor < end:
+        segments.append(_Segment(_TEXT, cursor, end, cursor, end))
+    return segments
 
 
 def code_output_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     """Character spans of the executor-written [Code Output] blocks in ``text[start:end]``.
 
+    Only a block directly after a code block's closing fence is the executor's; the same header
+    written anywhere else is the model's.
+
+    >>> code = CODE_OPEN + "print(4)" + CODE_CLOSE
     >>> block = code_output_text("4")
-    >>> code_output_spans("x\\n" + block + "y") == [(2, 2 + len(block))]
+    >>> code_output_spans(code + block + "So 4.\\n") == [(len(code), len(code) + len(block))]
     True
+    >>> code_output_spans("As shown:\\n" + block)
+    []
     """
-    end = len(text) if end is None else end
-    spans, cursor = [], start
-    while (found := text.find(_CODE_OUTPUT_HEAD, cursor, end)) >= 0:
-        block_end = _code_output_end(text, found, end)
-        if block_end < 0:
-            break
-        spans.append((found, block_end))
-        cursor = block_end
-    return spans
+    return [(s.start, s.end) for s in _scan(text, start, end) if s.kind == _OUTPUT]
+
+
+def _find_in_model_text(text: str, segments: list[_Segment], needle: str, start: int) -> int:
+    """First ``needle`` at or after ``start`` lying inside one stretch of model text, or -1."""
+    for segment in segments:
+        if segment.kind == _TEXT and segment.end > start:
+            found = text.find(needle, max(segment.start, start), segment.end)
+            if found >= 0:
+                return found
+    return -1
+
+
+class _Sections(NamedTuple):
+    """Body spans of a turn's sections, each ``None`` when missing."""
+
+    analysis: tuple[int, int] | None
+    verify: tuple[int, int] | None
+    output: tuple[int, int] | None
+
+
+def _sections(text: str, segments: list[_Segment]) -> _Sections:
+    """Find the sections in model text, each after the end of the last one found."""
+    bodies = []
+    cursor = 0
+    for opening, closing in (
+        (_ANALYZE_OPEN, _ANALYZE_CLOSE),
+        (_VERIFY_OPEN, _VERIFY_CLOSE),
+        (_OUTPUT_OPEN, _OUTPUT_CLOSE),
+    ):
+        body = None
+        begin = _find_in_model_text(text, segments, opening, cursor)
+        if begin >= 0:
+            begin += len(opening)
+            close = _find_in_model_text(text, segments, closing, begin)
+            if close >= 0:
+                body, cursor = (begin, close), close + len(closing)
+            elif opening == _OUTPUT_OPEN:
+                body = (begin, len(text))  # the verifier may stop before </output>
+        bodies.append(body)
+    return _Sections(*bodies)
+
+
+def _judgement(text: str, segments: list[_Segment], start: int, end: int) -> bool | None:
+    """The last boxed Yes/No in the model text of ``text[start:end]``."""
+    found = [
+        match
+        for segment in segments
+        if segment.kind == _TEXT
+        for match in _BOXED_JUDGEMENT.finditer(
+            text, max(segment.start, start), min(segment.end, end)
+        )
+    ]
+    if not found:
+        return None
+    return (found[-1]["plain"] or found[-1]["wrapped"]).lower() == "yes"
 
 
 def parse_turn(text: str) -> ParsedTurn:
     """Read an assistant turn back into analysis, verify pieces, code blocks and judgement.
 
     Tolerant of missing or unclosed sections and of arbitrary text: never raises, and runs in
-    time linear in the text. Without an ``<output>`` section the last boxed Yes/No anywhere
-    is taken as the judgement.
+    time linear in the text. Section tags and judgements count only in model-written text,
+    never inside code or the executor's output. The judgement is the last boxed Yes/No of the
+    ``<output>`` section or, without one, of the whole turn.
 
     >>> parse_turn("garbage").judgement is None
     True
     >>> parse_turn(judgement_text(True)).judgement
     True
+    >>> parse_turn("Checked: $\\\\boxed{ \\\\textbf{no} }$").judgement
+    False
     """
     turn = ParsedTurn()
     if not isinstance(text, str):
         return turn
-    analysis = _section(text, _ANALYZE_OPEN, ANALYZE_END.rstrip("\n"))
-    if analysis is not None:
+    segments = _scan(text)
+    sections = _sections(text, segments)
+    if sections.analysis is not None:
+        analysis = text[slice(*sections.analysis)]
         lead = _ANALYZE_LEAD.match(analysis)
         analysis = analysis[lead.end() :] if lead else analysis
         turn.analysis = analysis.removesuffix("\n")
-    verify = _section(text, _VERIFY_OPEN, VERIFY_END.rstrip("\n"))
-    if verify is not None:
-        intro = VERIFY_INTRO[len(_VERIFY_OPEN) :]
-        turn.verify = _split_verify(verify.removeprefix(intro))
+    if sections.verify is not None:
+        turn.verify = _verify_pieces(text, segments, *sections.verify)
         turn.code_blocks = [piece for piece in turn.verify if isinstance(piece, CodeBlock)]
-    output = _section(text, _OUTPUT_OPEN, OUTPUT_END.rstrip("\n"), required_close=False)
-    judgements = _BOXED_JUDGEMENT.findall(text if output is None else output)
-    if judgements:
-        turn.judgement = judgements[-1].lower() == "yes"
+    turn.judgement = _judgement(text, segments, *(sections.output or (0, len(text))))
     return turn
 
 
-def _split_verify(body: str) -> list[str | CodeBlock]:
+def _verify_pieces(
+    text: str, segments: list[_Segment], start: int, end: int
+) -> list[str | CodeBlock]:
+    """The pieces of the verify body ``text[start:end]``, whose ends lie in model text."""
+    if text.startswith(_VERIFY_LEAD, start, end):
+        start += len(_VERIFY_LEAD)
     pieces: list[str | CodeBlock] = []
-    cursor = 0
-    while (opening := body.find(CODE_OPEN, cursor)) >= 0:
-        code_start = opening + len(CODE_OPEN)
-        code_end = body.find(CODE_CLOSE, code_start)
-        if code_end < 0:
-            break
-        if opening > cursor:
-            pieces.append(body[cursor:opening])
-        after_code = code_end + len(CODE_CLOSE)
-        output_end = _code_output_end(body, after_code, len(body))
-        output = None
-        if output_end >= 0:
-            output = body[after_code + len(_CODE_OUTPUT_HEAD) : output_end - len(CODE_CLOSE)]
-        pieces.append(CodeBlock(body[code_start:code_end], output))
-        cursor = after_code if output_end < 0 else output_end
-    if cursor < len(body):
-        pieces.append(body[cursor:])
+    for segment in segments:
+        low, high = max(segment.start, start), min(segment.end, end)
+        if low >= high:
+            continue
+        if segment.kind == _TEXT:
+            pieces.append(text[low:high])
+            continue
+        inner = text[segment.inner_start : segment.inner_end]
+        if segment.kind == _CODE:
+            pieces.append(CodeBlock(inner))
+        else:  # an executor block directly follows its code block
+            pieces[-1] = CodeBlock(pieces[-1].code, inner)
     return pieces
 
 
@@ -220,10 +372,11 @@ def with_judgement(rationale: str, correct: bool) -> str:
     >>> with_judgement("<analyze>\\nok\\n</analyze>\\n", False).endswith(judgement_text(False))
     True
     """
-    output = _section(rationale, _OUTPUT_OPEN, OUTPUT_END.rstrip("\n"), required_close=False)
+    segments = _scan(rationale)
+    output = _sections(rationale, segments).output
     if output is None:
         return _with_newline(rationale) + judgement_text(correct)
-    found = parse_turn(rationale).judgement
+    found = _judgement(rationale, segments, *output)
     if found is None:
         raise FormatError("rationale has an <output> section without a Yes/No judgement")
     if found != correct:

@@ -5,26 +5,34 @@
         --input prompts.jsonl --output completions.jsonl
 
 Input lines hold ``{"prompt": "..."}`` (sent as is) or ``{"messages": [...]}`` (rendered with
-the model's chat template). Output lines, in input order, hold the index, the prompt and the
-samples. Results are written a batch at a time; a rerun after a crash continues after the last
-complete line.
+the model's chat template). Output lines hold the index, the prompt and the samples; a finished
+file holds every input once, in input order. Results are written a batch at a time, and the
+finished results of a failed batch too: a rerun of the same command generates only what is
+missing. ``OUTPUT.resume.json`` records what the output was written for (a fingerprint of the
+input and the sampling settings); a rerun with another input or other settings is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .backends import EngineError, SamplingParams
+from .backends import Completion, Engine, EngineError, SamplingParams
 from .cli import add_engine_arguments, engine_from_args
 
 
 class InputError(ValueError):
     pass
+
+
+class ResumeError(ValueError):
+    """The output file cannot be continued by this run."""
 
 
 def read_prompts(path: Path) -> list[dict]:
@@ -45,15 +53,129 @@ def read_prompts(path: Path) -> list[dict]:
     return rows
 
 
-def completed_lines(path: Path) -> int:
-    """Complete lines already in ``path``; a torn last line is cut off."""
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        path.write_bytes(keep)
-    return keep.count(b"\n")
+def fingerprint(args: argparse.Namespace, params: SamplingParams) -> dict:
+    """What an output file is written for: the input (file contents, or the --prompt values
+    and --chat) and the sampling settings."""
+    if args.input:
+        source = args.input.read_bytes()
+    else:
+        source = json.dumps({"prompts": args.prompt, "chat": args.chat}).encode()
+    return {
+        "input_sha256": hashlib.sha256(source).hexdigest(),
+        "sampling": json.loads(json.dumps(dataclasses.asdict(params))),
+    }
+
+
+def sidecar(output: Path) -> Path:
+    return output.with_name(output.name + ".resume.json")
+
+
+def resume(output: Path, expected: dict, count: int) -> list[int]:
+    """Indices of the results already in ``output``, in file order (a torn last line is cut
+    off), once its sidecar shows that it was written for ``expected``."""
+    if not output.exists() or output.stat().st_size == 0:
+        return []
+    try:
+        recorded = json.loads(sidecar(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ResumeError(
+            f"cannot resume {output}: no readable {sidecar(output).name} beside it "
+            f"({type(error).__name__}) to show which input and settings it was written for; "
+            "delete it or choose another --output"
+        ) from None
+    changed = []
+    if recorded.get("input_sha256") != expected["input_sha256"]:
+        changed.append("the input")
+    old, new = recorded.get("sampling") or {}, expected["sampling"]
+    settings = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    if settings:
+        changed.append(f"the sampling settings ({', '.join(settings)})")
+    if changed:
+        raise ResumeError(
+            f"refusing to resume {output}: {' and '.join(changed)} changed since it was "
+            f"written; delete it and {sidecar(output).name} or choose another --output"
+        )
+    return result_indices(output, count)
+
+
+def result_indices(output: Path, count: int) -> list[int]:
+    data = output.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete != len(data):
+        os.truncate(output, complete)
+    indices = []
+    for number, line in enumerate(data[:complete].split(b"\n")[:-1], 1):
+        try:
+            index = json.loads(line)["index"]
+        except (ValueError, KeyError, TypeError):
+            raise ResumeError(f"{output}:{number}: not a result line") from None
+        if not isinstance(index, int) or not 0 <= index < count:
+            raise ResumeError(f"{output}:{number}: index {index!r} is no input's")
+        indices.append(index)
+    return indices
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(staging, path)
+
+
+def put_in_order(output: Path, indices: list[int]) -> None:
+    """Rewrite ``output`` (whose lines hold ``indices``) in index order, each index once."""
+    if all(a < b for a, b in zip(indices, indices[1:])):
+        return
+    lines: dict[int, bytes] = {}
+    for index, line in zip(indices, output.read_bytes().split(b"\n")):
+        lines.setdefault(index, line + b"\n")
+    write_atomically(output, b"".join(lines[i] for i in sorted(lines)))
+
+
+def result_line(index: int, prompt: str, completion: Completion) -> str:
+    samples = [
+        {"text": s.text, "finish_reason": s.finish_reason, "tokens": len(s.token_ids)}
+        for s in completion.samples
+    ]
+    record = {"index": index, "prompt": prompt, "samples": samples}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def prompt_text(engine: Engine, row: dict) -> str:
+    return row["prompt"] if "prompt" in row else engine.apply_chat_template(row["messages"])
+
+
+def generate_missing(
+    engine: Engine,
+    rows: list[dict],
+    pending: list[int],
+    params: SamplingParams,
+    batch_size: int,
+    out,
+) -> tuple[list[int], EngineError | None]:
+    """Generates ``pending`` a batch at a time, writing every finished result, and stops after
+    a batch that failed. Returns the indices written, and the failure."""
+    written = []
+    for start in range(0, len(pending), batch_size):
+        batch = pending[start : start + batch_size]
+        try:
+            prompts = [prompt_text(engine, rows[i]) for i in batch]
+        except EngineError as error:
+            return written, error
+        try:
+            completions, failure = engine.generate(prompts, params), None
+        except EngineError as error:
+            completions, failure = error.results, error
+        for index, prompt, completion in zip(batch, prompts, completions):
+            if completion is not None:
+                out.write(result_line(index, prompt, completion))
+                written.append(index)
+        out.flush()
+        if failure:
+            return written, failure
+    return written, None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,20 +202,29 @@ def main(argv: list[str] | None = None) -> int:
             rows = [{"messages": [{"role": "user", "content": p}]} for p in args.prompt]
         else:
             rows = [{"prompt": p} for p in args.prompt]
-    except (OSError, InputError) as error:
+        params = SamplingParams(
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            stop=tuple(args.stop),
+            seed=args.seed,
+        )
+        expected = fingerprint(args, params)
+        done = resume(args.output, expected, len(rows)) if args.output else []
+    except (OSError, ValueError) as error:  # InputError, ResumeError, bad sampling settings
         print(f"genprm-generate: {error}", file=sys.stderr)
         return 2
-    params = SamplingParams(
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_tokens=args.max_tokens,
-        stop=tuple(args.stop),
-        seed=args.seed,
-    )
-    done = completed_lines(args.output) if args.output else 0
+    pending = sorted(set(range(len(rows))) - set(done))
     if done:
-        print(f"genprm-generate: {done} of {len(rows)} already in {args.output}", file=sys.stderr)
+        finished = len(rows) - len(pending)
+        print(
+            f"genprm-generate: {finished} of {len(rows)} already in {args.output}", file=sys.stderr
+        )
+    if not pending:
+        if args.output:
+            put_in_order(args.output, done)
+        return 0
     # vLLM logs to stdout by default, which here carries the results.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
@@ -102,39 +233,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genprm-generate: {error}", file=sys.stderr)
         return 1
     started = time.monotonic()
+    if args.output:
+        write_atomically(sidecar(args.output), json.dumps(expected).encode())
     out = args.output.open("a", encoding="utf-8") if args.output else sys.stdout
     try:
-        for start in range(done, len(rows), args.batch_size):
-            batch = rows[start : start + args.batch_size]
-            prompts = [
-                row["prompt"] if "prompt" in row else engine.apply_chat_template(row["messages"])
-                for row in batch
-            ]
-            for offset, (prompt, completion) in enumerate(
-                zip(prompts, engine.generate(prompts, params))
-            ):
-                record = {
-                    "index": start + offset,
-                    "prompt": prompt,
-                    "samples": [
-                        {
-                            "text": s.text,
-                            "finish_reason": s.finish_reason,
-                            "tokens": len(s.token_ids),
-                        }
-                        for s in completion.samples
-                    ],
-                }
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-    except EngineError as error:
-        print(f"genprm-generate: {error} (rerun to continue after the last line)", file=sys.stderr)
-        return 1
+        written, failure = generate_missing(engine, rows, pending, params, args.batch_size, out)
     finally:
         if out is not sys.stdout:
             out.close()
         counters = engine.counters
         engine.close()
+    if failure:
+        print(f"genprm-generate: {failure}", file=sys.stderr)
+        if args.output:
+            kept = len(set(done)) + len(written)
+            print(
+                f"genprm-generate: {kept} of {len(rows)} results are in {args.output}; rerun "
+                "the same command to complete it",
+                file=sys.stderr,
+            )
+        return 1
+    if args.output:
+        put_in_order(args.output, done + written)
     print(
         f"genprm-generate: {counters.requests} prompts, {counters.generated_tokens} tokens in "
         f"{time.monotonic() - started:.1f} s ({counters.generated_tokens_per_s:.1f} tokens/s)",

@@ -13,7 +13,9 @@ math-verify's own ``signal.alarm`` time-outs are switched off: the sandbox is th
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from dataclasses import dataclass
 
 from genprm.sandbox import ExecResult, Sandbox
@@ -83,18 +85,14 @@ def grade_answers(
 ) -> list[Grade]:
     """Grade ``(predicted, gold)`` answer pairs, each within ``timeout`` seconds, in order.
 
-    Uses ``sandbox`` when given, else a one-worker sandbox for this call. Never raises for a bad
-    answer: unparseable, hanging or memory-hungry answers are graded not equal.
+    Uses ``sandbox`` when given, else :func:`shared_sandbox`. Never raises for a bad answer:
+    unparseable, hanging or memory-hungry answers are graded not equal.
     """
     grades: list[Grade | None] = [_trivial(pred, gold) for pred, gold in pairs]
     pending = [index for index, grade in enumerate(grades) if grade is None]
     if pending:
         jobs = [(_snippet(*pairs[index]), ()) for index in pending]
-        if sandbox is None:
-            with Sandbox(workers=1, timeout=timeout) as own:
-                results = own.run_many(jobs, timeout=timeout)
-        else:
-            results = sandbox.run_many(jobs, timeout=timeout)
+        results = (sandbox or shared_sandbox()).run_many(jobs, timeout=timeout)
         for index, result in zip(pending, results):
             grades[index] = _grade(result, timeout)
     return grades
@@ -105,6 +103,30 @@ def grade_answer(
 ) -> Grade:
     """:func:`grade_answers` for one pair."""
     return grade_answers([(pred, gold)], sandbox, timeout)[0]
+
+
+_shared: Sandbox | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_sandbox() -> Sandbox:
+    """The one-worker sandbox that grading uses when given none: one per process, started on
+    first use (again after a fork, or after someone closed it), closed at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.closed:
+            _shared = Sandbox(workers=1, timeout=DEFAULT_TIMEOUT_S)
+        return _shared
+
+
+def _forget_parents_sandbox() -> None:
+    """In a forked child: the parent's workers are not ours, and the parent's lock may have
+    been held by one of its other threads at the fork."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parents_sandbox)
 
 
 def _trivial(pred: str | None, gold: str) -> Grade | None:

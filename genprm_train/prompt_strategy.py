@@ -6,6 +6,12 @@ offsets. Loss goes on assistant turns and the end-of-turn token after each, neve
 user turns, and by default not on the ``[Code Output]`` blocks the executor wrote. With
 ``genprm_train_on_code_output: true`` the labels equal axolotl's ``chat_template`` strategy
 (``roles_to_train: [assistant]``, ``train_on_eos: turn``) token for token.
+
+End of turn, as in axolotl: the first ``eot_tokens`` token (default: the EOS token) and the
+first EOS token within ``EOT_WINDOW`` tokens after an assistant turn are trained, and an
+``eot_tokens`` entry that is not a single token is refused. Where axolotl only warns, a template
+that writes no end-of-turn token after an assistant turn (checked on a probe conversation) is
+refused when the strategy is built: the model would never learn to stop.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Any
 
-from genprm.format import code_output_spans
+from genprm.format import build_direct_conversation, code_output_spans
 from genprm.records import RecordError, describe, record_messages
 
 IGNORE_INDEX = -100
 # How many tokens a template may put between a turn's text and its end-of-turn token; the
 # same allowance axolotl's chat_template strategy makes.
 EOT_WINDOW = 3
+# A conversation in the GenPRM shape (system, then user and assistant turns) to check the
+# chat template on before any record is tokenized.
+_PROBE = build_direct_conversation("What is 1 + 1?", ["1 + 1 = 2.", "So the answer is 2."], -1)
 
 
 def assistant_spans(text: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
@@ -45,7 +54,7 @@ def assistant_spans(text: str, messages: list[dict[str, str]]) -> list[tuple[int
             if message["role"] == "assistant":
                 raise ValueError(
                     f"message {index} (assistant) does not appear verbatim in the rendered chat "
-                    "template, so its tokens cannot be located"
+                    f"template, so its tokens cannot be located{_rewrite_hint(content)}"
                 )
             continue  # a template may drop or move a system prompt
         cursor = start + len(content)
@@ -54,14 +63,23 @@ def assistant_spans(text: str, messages: list[dict[str, str]]) -> list[tuple[int
     return spans
 
 
+def _rewrite_hint(content: str) -> str:
+    if "</think>" in content:
+        return (
+            " (it contains `</think>`: DeepSeek-R1-style templates keep only the text after it; "
+            "remove the reasoning from the turn)"
+        )
+    return ""
+
+
 def loss_pieces(
     text: str, span: tuple[int, int], train_on_code_output: bool
 ) -> list[tuple[int, int]]:
     """The parts of an assistant span that carry loss: all of it, or all but [Code Output] blocks.
 
-    >>> turn = "x\\n[Code Output]\\n\\n```\\n4\\n```\\ny"
+    >>> turn = "x\\n```python\\nprint(4)\\n```\\n[Code Output]\\n\\n```\\n4\\n```\\ny"
     >>> loss_pieces(turn, (0, len(turn)), train_on_code_output=False)
-    [(0, 2), (27, 28)]
+    [(0, 25), (50, 51)]
     """
     if train_on_code_output:
         return [span]
@@ -73,8 +91,25 @@ def loss_pieces(
     return [(start, end) for start, end in pieces if end > start]
 
 
+def first_in_window(input_ids: list[int], after: int, wanted: set[int]) -> int | None:
+    """Index of the first ``wanted`` token within ``EOT_WINDOW`` tokens from ``after``, or None.
+
+    >>> first_in_window([5, 6, 7, 8, 9, 2], 1, {2, 9})
+    4
+    >>> first_in_window([5, 6, 7, 8, 9, 2], 0, {2}) is None
+    True
+    """
+    for index in range(after, min(after + EOT_WINDOW + 1, len(input_ids))):
+        if input_ids[index] in wanted:
+            return index
+    return None
+
+
 class GenPRMPromptStrategy:
-    """Tokenizes batches of GenPRM records into ``input_ids``, ``attention_mask``, ``labels``."""
+    """Tokenizes batches of GenPRM records into ``input_ids``, ``attention_mask``, ``labels``.
+
+    ``template_name`` (the YAML's ``chat_template`` choice) only names the template in errors.
+    """
 
     supports_batched = True
 
@@ -85,6 +120,7 @@ class GenPRMPromptStrategy:
         train_on_code_output: bool = False,
         eot_tokens: list[str] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        template_name: str | None = None,
     ):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("genprm_train.prompt_strategy needs a fast tokenizer (char offsets)")
@@ -92,11 +128,59 @@ class GenPRMPromptStrategy:
         self.chat_template = chat_template
         self.train_on_code_output = train_on_code_output
         self.chat_template_kwargs = chat_template_kwargs or {}
-        encoded = [
-            tokenizer.encode(t, add_special_tokens=False)
-            for t in eot_tokens or [tokenizer.eos_token]
-        ]
-        self.eot_ids = {ids[0] for ids in encoded if len(ids) == 1}
+        self.template = _template_label(template_name, chat_template, tokenizer)
+        self.eot_tokens = eot_tokens or ([tokenizer.eos_token] if tokenizer.eos_token else [])
+        self.eot_ids = {self._single_token_id(token) for token in self.eot_tokens}
+        eos_id = tokenizer.eos_token_id
+        self.eos_ids = {eos_id} if eos_id is not None else set()
+        self._check_end_of_turn()
+
+    def _single_token_id(self, token: str) -> int:
+        ids = self.tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            raise ValueError(
+                f"{self.template}: eot_tokens entry {token!r} is {len(ids)} tokens for this "
+                f"tokenizer ({pieces}), but an end-of-turn marker must be one token (axolotl's "
+                "rule too). Set `eot_tokens:` to the single token the template ends an "
+                "assistant turn with, or add this one to the vocabulary (axolotl's `tokens:` or "
+                "`added_tokens_overrides:`)"
+            )
+        return ids[0]
+
+    def _check_end_of_turn(self) -> None:
+        """Render the probe conversation: every assistant turn must be followed by an
+        end-of-turn token within the window, or no turn would ever be trained to end."""
+        text = self.render(_PROBE)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        input_ids, starts = encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
+        try:
+            spans = assistant_spans(text, _PROBE)
+        except ValueError as error:
+            raise ValueError(f"{self.template}: {error}") from None
+        for _, end in spans:
+            after = bisect_left(starts, end)
+            if first_in_window(input_ids, after, self.eot_ids) is None:
+                window = input_ids[after : after + EOT_WINDOW + 1]
+                raise ValueError(self._no_end_of_turn(text[end : end + 40], window))
+
+    def _no_end_of_turn(self, following_text: str, following: list[int]) -> str:
+        if self.eot_tokens:
+            looked_for = f"no {' or '.join(map(repr, self.eot_tokens))}"
+        else:
+            looked_for = "nothing to look for: the tokenizer has no eos_token"
+        added = self.tokenizer.added_tokens_decoder
+        ender = next((str(added[i]) for i in following if i in added), None)
+        advice = (
+            f"if {ender!r} is how it ends an assistant turn, set `eot_tokens: [{ender!r}]`"
+            if ender
+            else "set `eot_tokens: [...]` to the token it ends an assistant turn with, or use "
+            "a template that writes one"
+        )
+        return (
+            f"{self.template} writes {following_text!r} after an assistant turn ({looked_for} "
+            f"within {EOT_WINDOW} tokens), so the model would never learn to end a turn: {advice}"
+        )
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -127,7 +211,17 @@ class GenPRMPromptStrategy:
         return out
 
     def tokenize_row(self, row: dict[str, Any]) -> dict[str, list[int]]:
-        """One record in, one training row out."""
+        """One record in, one training row out.
+
+        >>> from genprm.testing.tokenizers import qwen25_tokenizer
+        >>> tokenizer = qwen25_tokenizer()
+        >>> strategy = GenPRMPromptStrategy(tokenizer, tokenizer.chat_template)
+        >>> row = strategy.tokenize_row({"problem": "1 + 1?", "steps": ["2"], "label": -1})
+        >>> sorted(row)
+        ['attention_mask', 'input_ids', 'labels']
+        >>> tokenizer.decode([token for token in row["labels"] if token != IGNORE_INDEX])
+        '<output>\\n**Judgement**: $\\\\boxed{Yes}$\\n</output>\\n<|im_end|>'
+        """
         batch = self.tokenize_prompt({key: [value] for key, value in row.items()})
         return {key: values[0] for key, values in batch.items()}
 
@@ -141,16 +235,17 @@ class GenPRMPromptStrategy:
                 first, last = bisect_right(ends, char_start), bisect_left(starts, char_end)
                 labels[first:last] = input_ids[first:last]
             after = bisect_left(starts, span[1])
-            for index in range(after, min(after + EOT_WINDOW + 1, len(input_ids))):
-                if input_ids[index] in self.eot_ids:
+            for wanted in (self.eot_ids, self.eos_ids):
+                index = first_in_window(input_ids, after, wanted)
+                if index is not None:
                     labels[index] = input_ids[index]
-                    break
         return labels
 
 
 def load(tokenizer, cfg, ds_cfg=None, processor=None) -> GenPRMPromptStrategy:
     """axolotl's hook for ``type: genprm_train.prompt_strategy``."""
     from axolotl.utils.chat_templates import get_chat_template_from_config
+    from axolotl.utils.chat_templates.base import extract_chat_template_args
     from pydantic import BaseModel
 
     if cfg.get("train_on_inputs"):
@@ -166,4 +261,14 @@ def load(tokenizer, cfg, ds_cfg=None, processor=None) -> GenPRMPromptStrategy:
         train_on_code_output=bool(cfg.get("genprm_train_on_code_output")),
         eot_tokens=cfg.get("eot_tokens"),
         chat_template_kwargs=cfg.get("chat_template_kwargs"),
+        template_name=extract_chat_template_args(cfg=cfg, ds_cfg=ds_cfg)[0],
     )
+
+
+def _template_label(name: str | None, chat_template: str, tokenizer) -> str:
+    """How errors name the chat template."""
+    if name in (None, "tokenizer_default") and chat_template == tokenizer.chat_template:
+        return "the tokenizer's own chat template (`chat_template: tokenizer_default`)"
+    if name is None:
+        return "the chat template given to GenPRMPromptStrategy"
+    return f"the chat template set by `chat_template: {name}`"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,30 @@ def test_prefix_helpers():
     assert fmt.VERIFY_PREFIX == fmt.VERIFY_INTRO + fmt.CODE_OPEN
 
 
+@pytest.mark.parametrize(
+    "stdout",
+    ["", "4", "`x`", "``", "a```", "``` ", "```python", "~~~", "x\n``\ny", "[Code Output]"],
+)
+def test_code_output_text_is_the_spec_text_without_a_backtick_fence_line(stdout):
+    # The released data's shape: every stdout without a line of 3+ backticks only.
+    assert code_output_text(stdout) == fmt.CODE_OUTPUT.format(stdout=stdout)
+
+
+@pytest.mark.parametrize(
+    "stdout, fence",
+    [
+        ("```", "````"),
+        ("a\n```\nb", "````"),
+        ("````", "`````"),
+        ("```\n`````\n```", "``````"),
+        ("```\n", "````"),
+        ("\n```", "````"),
+    ],
+)
+def test_code_output_text_fence_outgrows_backtick_lines(stdout, fence):
+    assert code_output_text(stdout) == f"[Code Output]\n\n{fence}\n{stdout}\n{fence}\n"
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Conversation layout (§1)
 # --------------------------------------------------------------------------------------------
@@ -367,32 +392,150 @@ def test_rendered_rationale_exact_text():
     )
 
 
+@pytest.mark.parametrize(
+    "analysis, verify, correct, message",
+    [
+        ("ok", [CodeBlock("x = 1\n```\nprint(x)", "1")], True, "code block early"),
+        ("ok", [CodeBlock("x = 1\n```", None)], True, "code block early"),
+        ("a </analyze> b", [], True, "'</analyze>'"),
+        ("see ```python\nx", [], True, "open a code block"),
+        ("ends in ```python", [], True, "open a code block"),
+        ("ok", ["try ```python\nx\n"], True, "open a code block"),
+        ("ok", ["done </verify> here\n"], True, "'</verify>'"),
+        ("ok", [CodeBlock("x = 1"), code_output_text("1")], True, "executor's output"),
+        ("ok", ["a\n", "b\n"], True, "another text piece"),
+        ("ok", [CodeBlock("x = 1", "1"), ""], True, "empty text"),
+        ("it is $\\boxed{No}$", [], None, "boxed Yes/No"),
+        ("ok", ["So $\\boxed{\\text{Yes}}$.\n"], None, "boxed Yes/No"),
+    ],
+    ids=[
+        "code-fence-line",
+        "code-ends-in-fence-line",
+        "analysis-closing-tag",
+        "analysis-code-open",
+        "analysis-code-open-with-added-newline",
+        "text-code-open",
+        "text-verify-close",
+        "text-reads-as-executor-output",
+        "adjacent-texts",
+        "empty-text",
+        "analysis-box-without-output",
+        "text-box-without-output",
+    ],
+)
+def test_render_rationale_refuses_text_that_reads_back_differently(
+    analysis, verify, correct, message
+):
+    with pytest.raises(FormatError, match=re.escape(message)):
+        render_rationale(1, analysis, verify, correct)
+
+
+@pytest.mark.parametrize(
+    "analysis, verify, correct",
+    [
+        ("ok", [CodeBlock("```", "1")], True),  # the first line cannot close the block
+        ("ok", [CodeBlock("s = '</verify>\\n<output> \\\\boxed{No}'\nprint(s)", "x")], None),
+        ("ok", [CodeBlock("x = 1"), "[Code Output]\n\n``not a fence\n"], True),
+        ("ok", [CodeBlock("x = 1", "1"), code_output_text("2")], True),
+        ("Quotes " + code_output_text("3").rstrip("\n"), ["Also " + code_output_text("4")], True),
+        ("<verify>\n<output> and \\boxed{No}", ["<analyze>\n</analyze> \\boxed{no}\n"], True),
+        ("x", [CodeBlock("print('```')", "```"), "after\n"], False),
+    ],
+    ids=[
+        "code-first-line-fence",
+        "tags-and-box-in-code",
+        "header-without-fence-after-bare-code",
+        "header-after-executor-block",
+        "model-typed-blocks",
+        "tags-of-other-sections-and-boxes-with-output",
+        "stdout-fence-line",
+    ],
+)
+def test_render_rationale_accepts_and_round_trips_edge_cases(analysis, verify, correct):
+    text = render_rationale(3, analysis, verify, correct)
+    parsed = parse_turn(text)
+    assert (parsed.analysis, parsed.verify, parsed.judgement) == (analysis, verify, correct)
+
+
 _SAFE_ALPHABET = "abcxyz ABC0123456789+-*/=()[].,:;'\"!?\n\t_πé√中🙂"
+# Pieces of structure that executor or model text may contain: fences, headers, tags, boxes.
+_HOSTILE_TOKENS = [
+    "`",
+    "```",
+    "````",
+    "```python",
+    "```python\n",
+    "\n```\n",
+    "\n````\n",
+    "[Code Output]",
+    "[Code Output]\n\n```\n",
+    "[Code Output]\n\n````\n",
+    "<analyze>\n",
+    "</analyze>",
+    "<verify>\n",
+    "</verify>",
+    "</verify>\n",
+    "<output>",
+    "</output>\n",
+    "\\boxed{No}",
+    "\\boxed{\\text{Yes}}",
+    "$",
+    "\n",
+]
 
 
-def _random_text(rng: random.Random, lo: int = 0, hi: int = 30) -> str:
-    return "".join(rng.choice(_SAFE_ALPHABET) for _ in range(rng.randint(lo, hi)))
+def _random_text(rng: random.Random, lo: int = 0, hi: int = 30, hostile: bool = False) -> str:
+    def draw() -> str:
+        if hostile and rng.random() < 0.25:
+            return rng.choice(_HOSTILE_TOKENS)
+        return rng.choice(_SAFE_ALPHABET)
+
+    return "".join(draw() for _ in range(rng.randint(lo, hi)))
+
+
+def _random_rationale(
+    rng: random.Random, max_pieces: int
+) -> tuple[int, str, list[str | CodeBlock], bool | None, bool]:
+    """Random render_rationale arguments. Stdout is always drawn from the hostile alphabet;
+    model-written text (analysis, code, free text) is hostile in about half the cases, which
+    the returned flag says."""
+    hostile = rng.random() < 0.5
+    verify: list[str | CodeBlock] = []
+    for _ in range(rng.randint(0, max_pieces)):
+        if verify and not isinstance(verify[-1], CodeBlock) or rng.random() < 0.6:
+            output = None if rng.random() < 0.25 else _random_text(rng, hostile=True)
+            verify.append(CodeBlock(_random_text(rng, hostile=hostile), output))
+        else:
+            verify.append(_random_text(rng, lo=1, hostile=hostile))
+    analysis = _random_text(rng, hostile=hostile).rstrip("\n")
+    return rng.randint(1, 40), analysis, verify, rng.choice([True, False, None]), hostile
+
+
+def _render_or_none(step, analysis, verify, correct, hostile) -> str | None:
+    """The rendered turn, or None when hostile model text was refused with FormatError."""
+    if not hostile:
+        return render_rationale(step, analysis, verify, correct)  # any stdout renders
+    try:
+        return render_rationale(step, analysis, verify, correct)
+    except FormatError:
+        return None
 
 
 def test_round_trip_seeded_fuzz():
     rng = random.Random(20250401)
-    for _ in range(400):
-        analysis = _random_text(rng).rstrip("\n")
-        verify: list[str | CodeBlock] = []
-        for _ in range(rng.randint(0, 5)):
-            if verify and not isinstance(verify[-1], CodeBlock) or rng.random() < 0.6:
-                output = None if rng.random() < 0.25 else _random_text(rng)
-                verify.append(CodeBlock(_random_text(rng), output))
-            else:
-                verify.append(_random_text(rng, lo=1))
-        correct = rng.choice([True, False, None])
-        step = rng.randint(1, 40)
-        text = render_rationale(step, analysis, verify, correct)
+    rendered = 0
+    for _ in range(800):
+        step, analysis, verify, correct, hostile = _random_rationale(rng, max_pieces=5)
+        text = _render_or_none(step, analysis, verify, correct, hostile)
+        if text is None:
+            continue
+        rendered += 1
         parsed = parse_turn(text)
         assert parsed.analysis == analysis, text
         assert parsed.verify == verify, text
         assert parsed.judgement is correct, text
         assert render_rationale(step, parsed.analysis, parsed.verify, parsed.judgement) == text
+    assert rendered >= 500  # half the cases are safe; many hostile ones render too
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,6 +677,15 @@ def test_parse_turn_output_section_beats_other_boxes():
         ("\\boxed{Maybe}", None),
         ("\\boxed{Yes.}", None),
         ("boxed{Yes}", None),
+        ("\\boxed{\\text{Yes}}", True),
+        ("\\boxed{ \\textbf{no} }", False),
+        ("\\boxed{\\mathrm{ YES }}", True),
+        ("\\boxed{\n\\text{\nNo\n}\n}", False),
+        ("\\boxed{\\text{Yes.}}", None),
+        ("\\boxed{\\text{Yes}", None),
+        ("\\boxed{\\emph{Yes}}", None),
+        ("\\boxed{\\TEXT{Yes}}", None),
+        ("\\boxed{\\text{Maybe}}", None),
     ],
 )
 def test_parse_turn_judgement_spelling(box, expected):
@@ -554,6 +706,86 @@ def test_parse_turn_missing_sections_are_none():
     assert (turn.analysis, turn.verify, turn.judgement) == ("only analysis", None, None)
 
 
+def test_executor_output_is_never_structure():
+    stdout = "</verify>\n<output>\n$\\boxed{No}$\n</output>\n"
+    verify = [CodeBlock("print(s)", stdout), "The check passes.\n"]
+    for correct in (True, None):
+        text = render_rationale(1, "Fine.", verify, correct)
+        parsed = parse_turn(text)
+        assert parsed.verify == verify
+        assert parsed.judgement is correct
+    assert with_judgement(text, True) == text + YES_TURN  # no output section yet
+
+
+def test_judgement_inside_code_or_code_output_is_ignored_without_output_section():
+    code = "print('$\\\\boxed{No}$')"
+    text = render_rationale(1, "Fine.", [CodeBlock(code, "$\\boxed{No}$")], None)
+    assert parse_turn(text).judgement is None
+    text = render_rationale(1, "Fine.", [CodeBlock(code, None)], None)
+    assert parse_turn(text).judgement is None
+    quoted = "<analyze>\nSo $\\boxed{Yes}$.\n</analyze>\n" + text.split("</analyze>\n", 1)[1]
+    assert parse_turn(quoted).judgement is True
+    # The same block typed by the model (not right after a code block) is model text.
+    assert parse_turn(quoted + code_output_text("\\boxed{No}")).judgement is False
+
+
+def test_tags_inside_code_are_not_structure():
+    text = (
+        "<analyze>\nok\n</analyze>\n<verify>\n```python\nprint('</verify>')\n```\nmore\n</verify>\n"
+    )
+    assert parse_turn(text).verify == [CodeBlock("print('</verify>')"), "more\n"]
+
+
+def test_parse_turn_sections_are_read_in_order():
+    # An analysis that mentions the other sections' tags does not open them.
+    text = "<analyze>\nno <verify>\nor <output> here\n</analyze>\n"
+    turn = parse_turn(text)
+    assert turn.analysis == "no <verify>\nor <output> here"
+    assert turn.verify is None and turn.judgement is None
+    assert with_judgement(text, False) == text + NO_TURN
+
+
+def test_parse_turn_reads_released_three_backtick_blocks():
+    # Released data fenced every stdout with three backticks.
+    text = "<verify>\n```python\nprint(7)\n```\n[Code Output]\n\n```\n7\n```\nRight.\n</verify>\n"
+    assert parse_turn(text).verify == [CodeBlock("print(7)", "7"), "Right.\n"]
+
+
+def test_unclosed_executor_block_is_model_text():
+    text = "<verify>\n```python\nx\n```\n[Code Output]\n\n````\nstill running\n</verify>\n"
+    assert code_output_spans(text) == []
+    assert parse_turn(text).verify == [
+        CodeBlock("x"),
+        "[Code Output]\n\n````\nstill running\n",
+    ]
+    closed = with_judgement(text, True)
+    assert closed == text + YES_TURN and parse_turn(closed).judgement is True
+
+
+_HOSTILE_MEGABYTE = [
+    "`" * 1_000_000,
+    "```python\n" * 100_000,
+    "```python\n\n```\n[Code Output]\n\n````\n" * 30_000,
+    "```python\nx\n```\n[Code Output]\n\n```\n" * 30_000,
+    ("```python\n\n```\n[Code Output]\n\n" + "`" * 97 + "\n") * 8_000,
+    "<analyze>\n<verify>\n<output>\\boxed{\\text{" * 25_000,
+    "\\boxed{" + " " * 1_000_000,
+    "\\boxed{\\text{" * 80_000,
+]
+
+
+def test_parse_turn_is_linear_on_hostile_megabytes():
+    rng = random.Random(5)
+    tokens = _FUZZ_TOKENS + _HOSTILE_TOKENS
+    mixed = "".join(rng.choice(tokens) for _ in range(150_000))
+    started = time.perf_counter()
+    for text in _HOSTILE_MEGABYTE + [mixed]:
+        _check_shape(parse_turn(text))
+        code_output_spans(text)
+    # A quadratic scan takes hours here; linear takes well under a second per text.
+    assert time.perf_counter() - started < 30
+
+
 _FUZZ_TOKENS = [
     "<analyze>\n",
     "</analyze>\n",
@@ -566,7 +798,10 @@ _FUZZ_TOKENS = [
     "\n```\n",
     "```",
     "[Code Output]\n\n```\n",
+    "[Code Output]\n\n````\n",
+    "\n````\n",
     "\\boxed{Yes}",
+    "\\boxed{\\text{Yes}}",
     "\\boxed{No}",
     "\\boxed{",
     "$",
@@ -742,18 +977,49 @@ def test_code_output_spans_ignores_model_text_mentions():
 
 def test_code_output_spans_seeded_fuzz():
     rng = random.Random(77)
-    for _ in range(300):
-        verify: list[str | CodeBlock] = []
-        for _ in range(rng.randint(0, 6)):
-            if verify and not isinstance(verify[-1], CodeBlock) or rng.random() < 0.6:
-                output = None if rng.random() < 0.3 else _random_text(rng)
-                verify.append(CodeBlock(_random_text(rng), output))
-            else:
-                verify.append(_random_text(rng, lo=1))
-        text = render_rationale(
-            rng.randint(1, 9),
-            _random_text(rng).rstrip("\n"),
-            verify,
-            rng.choice([True, False, None]),
-        )
-        assert code_output_spans(text) == _executor_spans(verify, text), text
+    rendered = 0
+    for _ in range(600):
+        step, analysis, verify, correct, hostile = _random_rationale(rng, max_pieces=6)
+        text = _render_or_none(step, analysis, verify, correct, hostile)
+        if text is None:
+            continue
+        rendered += 1
+        spans = code_output_spans(text)
+        assert spans == _executor_spans(verify, text), text
+        outputs = [p.output for p in verify if isinstance(p, CodeBlock) and p.output is not None]
+        assert [text[a:b] for a, b in spans] == [code_output_text(o) for o in outputs]
+    assert rendered >= 350
+
+
+def test_markdown_table_stdout_round_trips_and_is_fully_masked():
+    # The motivating case: code that prints a markdown table between ``` lines.
+    stdout = "```\n| n | n^2 |\n|---|-----|\n| 3 | 9 |\n```"
+    verify = [CodeBlock("print(table)", stdout), "The table matches.\n"]
+    text = render_rationale(1, "Squares.", verify, True)
+    assert parse_turn(text).verify == verify
+    spans = code_output_spans(text)
+    assert [text[a:b] for a, b in spans] == [code_output_text(stdout)]
+    assert spans == _executor_spans(verify, text)
+    assert text[spans[0][1] :].startswith("The table matches.\n")
+
+
+def test_model_typed_code_output_after_free_text_is_not_an_executor_span():
+    block = code_output_text("42")
+    verify = [CodeBlock("print(6 * 7)", "42"), "Expected:\n" + block, CodeBlock("pass"), "ok\n"]
+    text = render_rationale(1, "Quoting " + block, verify, True)
+    assert parse_turn(text).verify == verify
+    assert code_output_spans(text) == _executor_spans(verify, text)
+    assert len(code_output_spans(text)) == 1
+    # Right after an executor block the same header is the model's too.
+    verify = [CodeBlock("print(1)", "1"), block]
+    text = render_rationale(1, "ok", verify, True)
+    assert code_output_spans(text) == _executor_spans(verify, text)
+    assert parse_turn(text).verify == verify
+
+
+def test_code_output_spans_within_a_range():
+    turn = render_rationale(1, "ok", [CodeBlock("print(1)", "```")], True)
+    text = "<user>" + turn + "<user>"
+    (span,) = code_output_spans(text, 6, 6 + len(turn))
+    assert text[slice(*span)] == code_output_text("```")
+    assert code_output_spans(text, 6, span[1] - 1) == []  # cut before its closing fence

@@ -15,16 +15,14 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from genprm.backends import EngineError, Request, SamplingParams, make_engine
+from genprm.backends import EngineError, Request, SamplingParams, make_engine, openai_engine
 from genprm.testing import contract
 from genprm.testing.local_server import LocalVLLMServer, free_port
 
-REPO = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = os.environ.get("GENPRM_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
+pytestmark = pytest.mark.vllm_server
 API_KEY = "sk-genprm-test-0c1d2e3f"
 SERVER_ARGS = (
     "--enforce-eager",
@@ -40,13 +38,11 @@ SERVER_ARGS = (
 
 
 @pytest.fixture(scope="module")
-def servers(smollm2_path, tmp_path_factory):
-    if not Path(VLLM_PYTHON).exists():
-        pytest.fail(f"no generation environment at {VLLM_PYTHON}: run `make venv-vllm`")
+def servers(vllm_python, smollm2_path, tmp_path_factory):
     logs = tmp_path_factory.mktemp("vllm-logs")
     pair = [
         LocalVLLMServer(
-            VLLM_PYTHON, str(smollm2_path), extra_args=SERVER_ARGS, log_path=logs / f"{i}.log"
+            vllm_python, str(smollm2_path), extra_args=SERVER_ARGS, log_path=logs / f"{i}.log"
         )
         for i in range(2)
     ]
@@ -80,6 +76,17 @@ def engine(servers, api_key_in_env):
 @pytest.mark.parametrize("check", sorted(contract.CHECKS))
 def test_contract(engine, check):
     contract.CHECKS[check](engine)
+
+
+def test_a_vllm_server_is_sent_its_extensions_and_nothing_is_emulated(engine):
+    params = SamplingParams(
+        temperature=0.5, top_k=5, seed=1, max_tokens=8, stop=("\n",), logprobs=2,
+        include_stop_str_in_output=True,
+    )  # fmt: skip
+    engine.generate(["Count: 1, 2, 3,"], params)
+    (server,) = engine.servers
+    assert server.unsupported == set() and server.reports_stop_reason
+    assert server.accepted == set(openai_engine.OPTIONAL_FIELDS)
 
 
 def test_model_and_tokenizer_come_from_the_server(engine, smollm2_path):
@@ -172,17 +179,6 @@ def test_generate_cli_resumes_after_a_crash(servers, api_key_in_env, tmp_path):
     assert second.returncode == 0, second.stderr
     assert "1 of 3 already" in second.stderr
     assert output.read_text().splitlines() == lines
-
-
-def test_generate_cli_names_a_bad_input_line(tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "genprm.generate", "--input", str(prompts)],
-        check=False, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert f"{prompts}:2:" in result.stderr
 
 
 def test_a_server_crash_mid_batch_loses_no_finished_result(servers, api_key_in_env):

@@ -1,5 +1,6 @@
 """The axolotl prompt strategy: exact label masks on SmolLM2 and Qwen2.5 tokenizers, code-output
-masking, equality with axolotl's own chat_template strategy, record shapes and bad input."""
+masking, equality with axolotl's own chat_template strategy, record shapes and bad input, and
+end-of-turn tokens (templates without one, multi-token and custom ``eot_tokens``)."""
 
 import random
 
@@ -9,12 +10,14 @@ from axolotl.prompt_strategies import load as axolotl_load
 from axolotl.prompt_strategies.chat_template import load as chat_template_load
 from axolotl.utils.dict import DictDefault
 from datasets import Dataset
+from transformers import AutoTokenizer
 
 from genprm.format import (
     CodeBlock,
     build_conversation,
     build_direct_conversation,
     code_output_text,
+    judgement_text,
     render_rationale,
 )
 from genprm.records import RecordError
@@ -235,10 +238,15 @@ def test_bad_record_fails_inside_axolotls_dataset_wrapper(smollm2_tokenizer, pro
 
 
 def test_template_that_rewrites_assistant_turns_is_refused(smollm2_tokenizer):
-    rewriting = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}\n{% endfor %}"
-    ours = GenPRMPromptStrategy(smollm2_tokenizer, rewriting)
-    with pytest.raises(RecordError, match="does not appear verbatim"):
-        ours.tokenize_row({"id": "x", "problem": "p", "steps": ["a"], "label": -1})
+    """Found on the probe conversation when the strategy is built, before any record."""
+    rewriting = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}{{ eos_token }}\n"
+        "{% endfor %}"
+    )
+    with pytest.raises(
+        ValueError, match="given to GenPRMPromptStrategy: .*does not appear verbatim"
+    ):
+        GenPRMPromptStrategy(smollm2_tokenizer, rewriting)
 
 
 def test_train_on_inputs_is_refused(smollm2_tokenizer):
@@ -246,3 +254,95 @@ def test_train_on_inputs_is_refused(smollm2_tokenizer):
         axolotl_load(
             "genprm_train.prompt_strategy", smollm2_tokenizer, cfg(train_on_inputs=True), {}
         )
+
+
+@pytest.fixture(scope="module")
+def qwen_base_tokenizer(qwen_tokenizer):
+    """Qwen2.5 as its base models ship it: EOS is <|endoftext|>, which the ChatML template
+    never writes (turns end with <|im_end|>)."""
+    return AutoTokenizer.from_pretrained(qwen_tokenizer.name_or_path, eos_token="<|endoftext|>")
+
+
+def test_template_without_end_of_turn_is_refused_naming_it(smollm2_tokenizer):
+    no_end = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(ValueError) as refused:
+        strategy(smollm2_tokenizer, chat_template="jinja", chat_template_jinja=no_end)
+    message = str(refused.value)
+    assert "`chat_template: jinja` writes '\\n<user>" in message
+    assert "no '<|im_end|>' within 3 tokens" in message and "set `eot_tokens: [...]`" in message
+
+
+def test_eos_the_template_never_writes_is_refused_with_the_fix(qwen_base_tokenizer):
+    with pytest.raises(ValueError) as refused:
+        strategy(qwen_base_tokenizer)
+    message = str(refused.value)
+    assert message.startswith(
+        "the tokenizer's own chat template (`chat_template: tokenizer_default`)"
+    )
+    assert "no '<|endoftext|>'" in message and "set `eot_tokens: ['<|im_end|>']`" in message
+
+
+def test_tokenizer_without_eos_and_without_eot_tokens_is_refused(qwen_tokenizer):
+    no_eos = AutoTokenizer.from_pretrained(qwen_tokenizer.name_or_path, eos_token=None)
+    with pytest.raises(ValueError, match="the tokenizer has no eos_token.*never learn to end"):
+        GenPRMPromptStrategy(no_eos, no_eos.chat_template)
+
+
+@pytest.mark.parametrize("entry", ["</turn>", ""])
+def test_eot_tokens_entry_that_is_not_one_token_is_refused(qwen_tokenizer, entry):
+    with pytest.raises(ValueError) as refused:
+        strategy(qwen_tokenizer, eot_tokens=["<|im_end|>", entry])
+    message = str(refused.value)
+    assert message.startswith("the tokenizer's own chat template")
+    assert f"eot_tokens entry {entry!r} is" in message and "must be one token" in message
+    assert "`tokens:`" in message and "`added_tokens_overrides:`" in message
+
+
+def test_custom_eot_token_trains_exactly_one_per_assistant_turn(
+    qwen_base_tokenizer, cot_records, processbench_gsm8k
+):
+    """ChatML's <|im_end|> as `eot_tokens` where EOS is another token: one trained per assistant
+    turn, right after its content; those after system and user turns stay masked. Equal to
+    axolotl's strategy with the same `eot_tokens`."""
+    im_end = qwen_base_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ours = strategy(
+        qwen_base_tokenizer, eot_tokens=["<|im_end|>"], genprm_train_on_code_output=True
+    )
+    theirs = chat_template_load(
+        qwen_base_tokenizer, cfg(eot_tokens=["<|im_end|>"]), {"field_messages": "conversations"}
+    )
+    record = cot_records[1]
+    messages = build_conversation(record["problem"], record["steps"], record["rationales"])
+    row = ours.tokenize_row({"conversations": messages})
+    assistant_turns = sum(m["role"] == "assistant" for m in messages)
+    trained_ends = [i for i, label in enumerate(row["labels"]) if label == im_end]
+    assert len(trained_ends) == assistant_turns
+    assert row["input_ids"].count(im_end) == len(messages)  # system, user and assistant turns
+    assert all(row["labels"][i - 1] != IGNORE_INDEX for i in trained_ends)
+    assert trained_text(qwen_base_tokenizer, row) == "".join(
+        m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"
+    )
+    assert row["labels"] == theirs.tokenize_prompt({"conversations": messages})["labels"]
+
+
+def test_eos_after_the_end_of_turn_token_is_trained_too(qwen_base_tokenizer):
+    """As axolotl's `train_on_eos: turn` does: the EOS a template writes after an assistant
+    turn is trained besides the `eot_tokens` token."""
+    with_eos = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    )
+    overrides = {"eot_tokens": ["<|im_end|>"], "chat_template": "jinja"}
+    ours = strategy(qwen_base_tokenizer, chat_template_jinja=with_eos, **overrides)
+    theirs = chat_template_load(
+        qwen_base_tokenizer,
+        cfg(chat_template_jinja=with_eos, **overrides),
+        {"field_messages": "conversations"},
+    )
+    row = {"conversations": build_direct_conversation("p", ["a", "b"], 1)}
+    mine = ours.tokenize_row(row)
+    assert trained_text(qwen_base_tokenizer, mine) == (
+        judgement_text(True) + "<|im_end|><|endoftext|>"
+        + judgement_text(False) + "<|im_end|><|endoftext|>"
+    )  # fmt: skip
+    assert mine["labels"] == theirs.tokenize_prompt(row)["labels"]

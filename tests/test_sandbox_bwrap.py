@@ -1,8 +1,10 @@
 """``Sandbox(bwrap=True)`` for real: workers inside bubblewrap, with a read-only view of only the
 system, the Python installation, the venv and genprm. As root (these tests) snippets still run
-under a dedicated uid per worker; the ordinary-user path runs once as uid 65534 at the end.
+under a reserved uid per worker; the ordinary-user path runs once as uid 65534 at the end.
 
-Missing bwrap, setpriv or user namespaces FAIL these tests (``make test`` installs bubblewrap).
+The ``root`` and ``bwrap`` markers skip these tests where root or bubblewrap is missing (and
+fail them under CI; ``make test`` installs bubblewrap). Missing setpriv or user namespaces FAIL
+the ordinary-user test.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ import pytest
 from genprm.format import CODE_TIMEOUT
 from genprm.sandbox import Sandbox, SandboxError
 from genprm.sandbox.isolation import descendants, proc_stat
+from genprm.sandbox.uids import FIRST_UID, UID_COUNT
+
+pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 2.0
+PROMPTLY_S = 30.0  # far below the 600 s the sleeping snippets would take
 SECRET = "fake-secret-bwrap"
 # A standard-library module and a site-packages one that the worker does not import.
 NOT_PREIMPORTED = ("wave", "pluggy")
@@ -47,7 +53,7 @@ def alive(pid: int) -> bool:
     return (proc_stat(pid) or ("X",))[0] not in ("Z", "X")
 
 
-def wait_for(predicate, timeout: float = 3.0) -> bool:
+def wait_for(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -111,13 +117,12 @@ def boxed():
 
 def test_isolation_facts_report_bwrap(boxed):
     sandbox, _ = boxed
-    assert os.geteuid() == 0, "these tests need root (the ordinary-user path is the last test)"
     facts = sandbox.isolation
     assert facts["bwrap"] is True
     assert facts["private_network"] and facts["pid_namespaces"] and facts["private_scratch"]
     assert facts["missing"] == []
     uids = snippet_uids(sandbox)
-    assert len(uids) == 2 and all(uid >= 100_000 for uid in uids)
+    assert len(uids) == 2 and all(FIRST_UID <= uid < FIRST_UID + UID_COUNT for uid in uids)
     result = sandbox.run("import os\nprint(os.getuid(), os.getpid())")
     uid, pid = result.stdout.split()
     assert int(uid) in uids and pid == "1"
@@ -267,14 +272,13 @@ def test_killing_bwrap_mid_snippet_replaces_the_worker_and_leaves_nothing():
             target=lambda: box.setdefault("r", fresh.run("import time\ntime.sleep(600)"))
         )
         thread.start()
-        assert wait_for(lambda: leftovers(fresh, old), 5), "the snippet never started"
+        assert wait_for(lambda: leftovers(fresh, old)), "the snippet never started"
         os.kill(fresh.worker_pids()[0], signal.SIGKILL)
-        thread.join(4)
+        thread.join(PROMPTLY_S)
         assert not thread.is_alive(), "run() did not return after bwrap died"
         assert box["r"].status == "killed"
         assert wait_for(lambda: not any(alive(pid) for pid in old) and not processes_of(uids))
         assert fresh.run("print(1)").stdout == "1\n"
-        assert snippet_uids(fresh) != uids
 
 
 def test_close_leaves_no_processes():
@@ -286,12 +290,6 @@ def test_close_leaves_no_processes():
     assert not leftovers(fresh, serving) and snippet_uids(fresh) == uids
     with pytest.raises(SandboxError):
         fresh.run("print(1)")
-
-
-def test_missing_bwrap_is_a_sandbox_error_naming_bubblewrap(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(SandboxError, match="bubblewrap"):
-        Sandbox(workers=1, bwrap=True)
 
 
 # ----------------------------------------------------------------------------- as an ordinary user
@@ -356,4 +354,4 @@ def test_ordinary_user_runs_the_workers_in_bwrap():
     assert report["after"] == ["ok", None, "1\n"]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1 and "dedicated uid (not root)" in warnings[0], done.stderr
-    assert wait_for(lambda: set(processes_of({NOBODY})) <= before, 5), processes_of({NOBODY})
+    assert wait_for(lambda: set(processes_of({NOBODY})) <= before), processes_of({NOBODY})

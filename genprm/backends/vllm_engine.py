@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.metadata
 import logging
+import multiprocessing
 import os
 import queue
 import threading
@@ -86,6 +87,7 @@ class VLLMEngine(Engine):
         if gpu_memory_utilization is not None:
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
         self.model = model
+        before = set(multiprocessing.active_children())
         self._llm = LLM(
             model=model,
             tensor_parallel_size=tensor_parallel_size,
@@ -97,6 +99,7 @@ class VLLMEngine(Engine):
             seed=seed,
             **engine_args,
         )
+        self._processes = set(multiprocessing.active_children()) - before
         self._tokenizer = self._llm.get_tokenizer()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -182,6 +185,10 @@ class VLLMEngine(Engine):
         self._thread.join()
         self._llm.llm_engine.engine_core.shutdown()
         del self._llm
+        # When the engine core misses vLLM's shutdown deadline (a busy machine), vLLM kills it
+        # but never waits for it: reap it, so no zombie of ours outlives the engine.
+        for process in self._processes:
+            process.join(timeout=30)
 
 
 def _vllm_prompt(request: Request):

@@ -20,9 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[1]
 def command(bwrap: str) -> list[str]:
     """``bwrap`` and its arguments, up to and including the ``--`` before the worker's own."""
     if os.geteuid() == 0:
-        # No user namespace: it would map uid 0 alone, so the worker could not switch to its
-        # dedicated uid. No PID namespace: that uid is derived from the worker's host pid (the
-        # worker makes its own PID namespaces).
+        # No user namespace: it would map uid 0 alone, so the worker could not switch to the
+        # snippet uid the host reserved for it. No PID namespace: the worker makes its own, one
+        # per snippet.
         namespaces = ["--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
     else:  # user (our uid alone), PID, network, IPC, UTS, cgroup; the worker is bwrap's child
         namespaces = ["--unshare-all", "--as-pid-1"]

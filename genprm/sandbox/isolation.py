@@ -26,22 +26,22 @@ SCRATCH_MOUNTS = {"/tmp": "64m", "/var/tmp": "16m", "/dev/shm": "16m"}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _check(result: int) -> None:
+def _check(result: int, call: str) -> None:
     if result != 0:
         error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
+        raise OSError(error, f"{call}: {os.strerror(error)}")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)))
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
 def prctl(option: int, value: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0))
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0), "prctl")
 
 
 def enter_private_network() -> None:
@@ -89,23 +89,24 @@ def private_scratch(owner: int, keep: list[str] = ()) -> None:
     ``owner``: whatever a snippet writes there disappears with it. The folders in ``keep``
     (from ``scratch_shadowed``) stay visible there, read-only."""
     unshare(CLONE_NEWNS)
-    _check(_libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None))
+    _check(_libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None), "mount")
     originals = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep}
     for target, size in SCRATCH_MOUNTS.items():
         if os.path.isdir(target):
             options = f"size={size},mode=700,uid={owner},gid={owner}".encode()
             flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
-            _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options))
+            _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options), "mount")
     for path, fd in originals.items():
         os.makedirs(path, mode=0o755, exist_ok=True)
         source = f"/proc/self/fd/{fd}".encode()
-        _check(_libc.mount(source, path.encode(), None, ctypes.c_ulong(_MS_BIND | _MS_REC), None))
+        bind = ctypes.c_ulong(_MS_BIND | _MS_REC)
+        _check(_libc.mount(source, path.encode(), None, bind, None), "mount")
         # A remount must repeat the flags a user namespace inherited locked from the original.
         mounted = os.statvfs(path).f_flag
         inherited = mounted & _KEPT_FLAGS
         relatime = _MS_RELATIME if mounted & os.ST_RELATIME else 0
         flags = ctypes.c_ulong(_MS_BIND | _MS_REMOUNT | _MS_RDONLY | inherited | relatime)
-        _check(_libc.mount(None, path.encode(), None, flags, None))
+        _check(_libc.mount(None, path.encode(), None, flags, None), "mount")
         os.close(fd)
 
 
@@ -119,7 +120,8 @@ def drop_capabilities() -> None:
         _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
 
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _check(_libc.capset(ctypes.byref(Header(_LINUX_CAPABILITY_VERSION_3, 0)), (Data * 2)()))
+    header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    _check(_libc.capset(ctypes.byref(header), (Data * 2)()), "capset")
 
 
 def drop_to_uid(uid: int) -> None:
@@ -175,7 +177,8 @@ def processes_of(uid: int) -> int:
 
 def kill_all_of(uid: int) -> None:
     """SIGKILL every process running as ``uid``, from a helper that takes that uid (root only):
-    ``kill(-1)`` reaches processes that left the snippet's process group and session."""
+    ``kill(-1)`` reaches processes that left the snippet's process group and session. Only for
+    a uid this worker holds from ``uids.UidRange.reserve``, so that every such process is ours."""
     pid = os.fork()
     if pid == 0:
         try:

@@ -22,6 +22,7 @@ from typing import Self
 
 from . import bwrap as _bwrap
 from .result import ExecResult
+from .uids import UidLease, UidRange
 
 LOG = logging.getLogger(__name__)
 OUTPUT_LIMIT = 1 << 20
@@ -42,6 +43,8 @@ _WORKER_ENV = {
     # would count against RLIMIT_AS.
     "MALLOC_ARENA_MAX": "1",
 }
+# Where a root host reserves each worker's snippet uid.
+SNIPPET_UIDS = UidRange()
 
 
 class SandboxError(RuntimeError):
@@ -49,26 +52,26 @@ class SandboxError(RuntimeError):
 
 
 class _WorkerHandle:
-    """The host's handle on one warm worker process (``worker.WarmWorker``) and the pipe
-    protocol to it."""
+    """The host's handle on one warm worker process (``worker.WarmWorker``), the pipe protocol
+    to it and, as root, the lease on the worker's snippet uid (held until the worker is gone)."""
 
     def __init__(self, config: dict, wrapper: list[str]):
-        self.config = config
-        env = {**_WORKER_ENV, **{k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.process = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "genprm.sandbox.worker", json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd="/",
-            start_new_session=True,
-        )
+        self.uid_lease = _reserve_uid() if os.geteuid() == 0 else None
+        self.config = {**config, "uid": self.uid_lease.uid if self.uid_lease else None}
+        try:
+            self.process = _start_worker(self.config, wrapper)
+        except BaseException:
+            self._release_uid()
+            raise
+        # poll, not select: the host may hold thousands of descriptors (select stops at 1024).
+        self._poller = select.poll()
+        self._poller.register(self.process.stdout, select.POLLIN)
         self._buffer = b""
         self.facts = self._read(time.monotonic() + STARTUP_TIMEOUT_S)
         if not (self.facts or {}).get("ready"):
             self.kill()
-            raise SandboxError(f"sandbox worker did not start (exit code {self.process.poll()})")
+            reason = (self.facts or {}).get("error") or f"exit code {self.process.poll()}"
+            raise SandboxError(f"sandbox worker did not start: {reason}")
 
     def execute(self, code: str, prelude: list[str], timeout: float) -> dict | None:
         """The worker's reply, or None when the worker died or hung (it is killed then)."""
@@ -87,7 +90,7 @@ class _WorkerHandle:
         fd = self.process.stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            if remaining <= 0 or not self._poller.poll(remaining * 1000):
                 return None
             chunk = os.read(fd, 1 << 20)
             if not chunk:
@@ -107,11 +110,41 @@ class _WorkerHandle:
         except subprocess.TimeoutExpired:
             self.kill()
         self.process.stdout.close()
+        self._release_uid()
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        self._release_uid()
+
+    def _release_uid(self) -> None:
+        if self.uid_lease is not None:
+            self.uid_lease.release()
+
+
+def _reserve_uid() -> UidLease:
+    lease = SNIPPET_UIDS.reserve()
+    if lease is None:
+        last = SNIPPET_UIDS.first + SNIPPET_UIDS.count - 1
+        raise SandboxError(
+            f"no free snippet uid in {SNIPPET_UIDS.first}-{last}: each is taken by another"
+            " sandbox, a user, a group, a subuid/subgid range or a process, or is not mapped here"
+        )
+    return lease
+
+
+def _start_worker(config: dict, wrapper: list[str]) -> subprocess.Popen:
+    env = {**_WORKER_ENV, **{k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "genprm.sandbox.worker", json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd="/",
+        start_new_session=True,
+    )
 
 
 class Sandbox:
@@ -123,8 +156,9 @@ class Sandbox:
 
     Thread-safe; ``arun`` serves asyncio code. Closing (also on exit, on an exception in the
     ``with`` block, or when the host dies: workers exit on EOF of their stdin) leaves no
-    processes behind. ``bwrap=True`` also runs each worker inside bubblewrap, which shows it
-    only a read-only system and Python (:mod:`genprm.sandbox.bwrap`).
+    processes behind. As root each worker's snippets run under a uid reserved for that worker
+    alone (:mod:`genprm.sandbox.uids`). ``bwrap=True`` also runs each worker inside bubblewrap,
+    which shows it only a read-only system and Python (:mod:`genprm.sandbox.bwrap`).
     """
 
     def __init__(
@@ -154,7 +188,9 @@ class Sandbox:
         self._lock = threading.Lock()
         self._closed = False
         with ThreadPoolExecutor(workers) as starter:
-            starts = [starter.submit(_WorkerHandle, self._config, self._wrapper) for _ in range(workers)]
+            starts = [
+                starter.submit(_WorkerHandle, self._config, self._wrapper) for _ in range(workers)
+            ]
         failed = [start.exception() for start in starts if start.exception()]
         if failed:  # do not leave the workers that did start running
             for start in starts:
@@ -167,7 +203,7 @@ class Sandbox:
         missing = self._workers[0].facts["missing"]
         if missing:
             LOG.warning("sandbox isolation is weaker on this host: %s", "; ".join(missing))
-        atexit.register(_close_if_alive, weakref.ref(self))
+        _OPEN_SANDBOXES.add(self)
 
     @property
     def isolation(self) -> dict:
@@ -176,6 +212,10 @@ class Sandbox:
         facts = self._workers[0].facts
         keys = ("private_network", "pid_namespaces", "private_scratch", "uid", "bwrap", "missing")
         return {key: facts[key] for key in keys}
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def worker_pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]
@@ -193,8 +233,7 @@ class Sandbox:
             if reply is None:
                 if not self._closed:
                     worker = self._replace(worker)
-                reply = {"status": "killed", "stdout": "", "stderr": "", "duration_s": timeout,
-                         "error": {"type": "Killed", "message": "the sandbox worker died"}}  # fmt: skip
+                reply = _worker_died(timeout)
             return ExecResult.from_worker(reply, self.output_limit)
         finally:
             self._idle.put(worker)
@@ -229,6 +268,7 @@ class Sandbox:
             if self._closed:
                 return
             self._closed = True
+        _OPEN_SANDBOXES.discard(self)
         for worker in self._workers:
             worker.close()
 
@@ -239,7 +279,20 @@ class Sandbox:
         self.close()
 
 
-def _close_if_alive(reference: weakref.ref) -> None:
-    sandbox = reference()
-    if sandbox is not None:
+def _worker_died(timeout: float) -> dict:
+    error = {"type": "Killed", "message": "the sandbox worker died"}
+    return {"status": "killed", "stdout": "", "stderr": "", "duration_s": timeout, "error": error}
+
+
+# One exit handler for all sandboxes of the process, however many were made.
+_OPEN_SANDBOXES: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_sandboxes() -> None:
+    for sandbox in list(_OPEN_SANDBOXES):
         sandbox.close()
+
+
+# A forked child does not own its parent's workers: its exit must not close them.
+os.register_at_fork(after_in_child=_OPEN_SANDBOXES.clear)

@@ -4,10 +4,10 @@
 It imports and exercises sympy, numpy and math-verify once, isolates itself (private network
 namespace, init of its own PID namespace), then serves one JSON request per line on stdin: for
 each snippet it forks one fresh child (its own session and, where possible, PID namespace and
-private tmpfs /tmp; closed descriptors, scrubbed environment, rlimits, no capabilities, dropped
-uid when root), collects its output
-under a wall-clock deadline and an output cap, kills whatever the snippet left behind, and
-answers one JSON line on stdout. EOF on stdin (the host went away) ends it.
+private tmpfs /tmp; closed descriptors, scrubbed environment, rlimits, no capabilities, and as
+root the dedicated uid the host reserved for this worker), collects its output under a
+wall-clock deadline and an output cap, kills whatever the snippet left behind, and answers one
+JSON line on stdout. EOF on stdin (the host went away) ends it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ MAX_MESSAGE = 10_000
 _SNIPPET_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
+class WorkerStartError(RuntimeError):
+    """This host cannot give snippets an isolation the worker insists on."""
+
+
 def warm_up() -> list[str]:
     """Import and exercise what snippets use, so every fork shares it; returns what is missing.
 
@@ -76,7 +80,8 @@ def warm_up() -> list[str]:
 
 class WarmWorker:
     """The worker process itself: isolates itself once, then forks one child per snippet
-    (the host side is ``pool._WorkerHandle``)."""
+    (the host side is ``pool._WorkerHandle``). ``config["uid"]`` is the snippet uid the host
+    reserved for this worker (``uids.UidRange``), None when the host is not root."""
 
     def __init__(self, config: dict):
         self.memory_bytes = int(config["memory_mb"]) << 20
@@ -84,7 +89,7 @@ class WarmWorker:
         self.bwrap = bool(config["bwrap"])
         if self.bwrap:  # die with bwrap, our parent, as we do with the host (EOF on stdin)
             isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        self.uid = os.getpid() + 100_000 if os.geteuid() == 0 else None
+        self.uid = config["uid"]
         self.missing: list[str] = []
         try:
             isolation.enter_private_network()
@@ -92,6 +97,11 @@ class WarmWorker:
         except OSError as error:
             self.private_network = False
             self.missing.append(f"network namespace ({error.strerror}): sockets refused instead")
+        if not isolation.works_in_child(isolation.drop_capabilities):
+            raise WorkerStartError(
+                "cannot drop capabilities (capset or PR_SET_NO_NEW_PRIVS refused):"
+                " snippets would keep them"
+            )
         self.pid_namespaces = _become_namespace_init()
         if self.pid_namespaces:
             self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY)
@@ -174,25 +184,29 @@ class WarmWorker:
         pidfd = os.pidfd_open(pid)
         buffers = {fd: bytearray() for fd in fds}
         open_fds, exited, status = set(fds), False, None
+        poller = select.poll()
+        for fd in (*fds, 0, pidfd):
+            poller.register(fd, select.POLLIN)
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     status = "timeout"
                     break
-                watch = [*open_fds, 0] + ([] if exited else [pidfd])
                 # Once the child is gone, only drain what is already in the pipes.
-                ready, _, _ = select.select(watch, [], [], 0 if exited else remaining)
+                ready = {fd for fd, _ in poller.poll(0 if exited else remaining * 1000)}
                 if 0 in ready:
                     self._host_gone(pid)
                 if pidfd in ready:
                     exited = True
-                for fd in open_fds & set(ready):
+                    poller.unregister(pidfd)
+                for fd in open_fds & ready:
                     chunk = os.read(fd, 1 << 16)
                     if chunk:
                         buffers[fd] += chunk
                     else:
                         open_fds.discard(fd)
+                        poller.unregister(fd)
                 if len(buffers[fds[0]]) + len(buffers[fds[1]]) > self.output_limit:
                     status = "output_limit"
                     break
@@ -239,21 +253,30 @@ class WarmWorker:
 
     def _child(self, request: dict, workdir: str, fds: list[int]) -> None:
         """In the forked child (the init of a fresh PID namespace where possible): isolate,
-        then run the snippet."""
+        then run the snippet. If any step of the isolation fails the snippet does not run: the
+        child reports the failure on the status pipe and ends."""
         os.setsid()
-        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if self.private_scratch:
-            isolation.private_scratch(self.owner, self.keep)
         null = os.open(os.devnull, os.O_RDONLY)
         for target, fd in zip((0, 1, 2, 3), (null, *fds)):
             os.dup2(fd, target)
         os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+        try:
+            self._isolate(float(request["timeout"]), workdir)
+        except (OSError, ValueError) as error:
+            os.write(3, json.dumps({"isolation_failed": str(error)}).encode())
+            os._exit(1)
+        _execute(request["prelude"], request["code"])
+
+    def _isolate(self, timeout: float, workdir: str) -> None:
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if self.private_scratch:
+            isolation.private_scratch(self.owner, self.keep)
         os.chdir(workdir)
         os.environ.clear()
         os.environ.update(_SNIPPET_ENV, HOME=workdir, TMPDIR=workdir)
         isolation.set_limits(
             address_space=self.address_space_base + self.memory_bytes,
-            cpu_seconds=int(float(request["timeout"])) + 2,
+            cpu_seconds=int(timeout) + 2,
             processes=EXTRA_PROCESSES
             + (0 if self.uid is not None else isolation.processes_of(self.owner)),
             file_bytes=MAX_FILE_BYTES,
@@ -263,11 +286,9 @@ class WarmWorker:
             isolation.drop_to_uid(self.uid)
         # Again after the uid change, which clears it: the snippet dies with its worker.
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            isolation.drop_capabilities()
+        isolation.drop_capabilities()
         if not self.private_network:
             isolation.refuse_sockets()
-        _execute(request["prelude"], request["code"])
 
 
 def _execute(prelude: list[str], code: str) -> None:
@@ -313,6 +334,9 @@ def _status_from(report: bytes, exit_code: int) -> tuple[str, dict | None]:
         parsed = None
     if isinstance(parsed, dict) and parsed.get("ok"):
         return "ok", None
+    if isinstance(parsed, dict) and "isolation_failed" in parsed:
+        message = f"not run, its isolation failed: {parsed['isolation_failed']}"
+        return "killed", {"type": "SandboxError", "message": message}
     if isinstance(parsed, dict) and "type" in parsed:
         error = {"type": str(parsed["type"]), "message": str(parsed.get("message", ""))}
         return ("memory" if parsed.get("memory") else "error"), error
@@ -350,9 +374,13 @@ def _address_space() -> int:
 
 
 def main() -> None:
-    worker = WarmWorker(json.loads(sys.argv[1]))
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints must not corrupt the protocol
+    try:
+        worker = WarmWorker(json.loads(sys.argv[1]))
+    except WorkerStartError as error:
+        reply.write(json.dumps({"ready": False, "error": str(error)}) + "\n")
+        sys.exit(1)
     reply.write(json.dumps(worker.facts()) + "\n")
     for request in worker.requests():
         reply.write(json.dumps(worker.run(request)) + "\n")
