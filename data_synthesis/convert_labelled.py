@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from genprm.format import parse_turn
+from genprm.paths import write_atomically
 from genprm.records import RecordError, describe, record_messages
 
 _LABEL_KEYS = ("label", "labels")
@@ -58,15 +58,9 @@ def convert(source: Path, target: Path) -> dict[str, int]:
                 raise InputError(f"{where}: id {record_id!r} was already used at {seen[record_id]}")
             seen[record_id] = where
             rows.append({"id": record_id, "conversations": messages})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with staging.open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        staging.replace(target)
-    finally:
-        staging.unlink(missing_ok=True)
+    write_atomically(
+        target, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    )
     return {"conversations": len(rows), "yes_turns": yes, "no_turns": no}
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .backends import Completion, Engine, EngineError, SamplingParams
 from .cli import add_engine_arguments, engine_from_args
+from .paths import write_atomically
 
 
 class InputError(ValueError):
@@ -113,15 +114,6 @@ def result_indices(output: Path, count: int) -> list[int]:
             raise ResumeError(f"{output}:{number}: index {index!r} is no input's")
         indices.append(index)
     return indices
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    with staging.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(staging, path)
 
 
 def put_in_order(output: Path, indices: list[int]) -> None:

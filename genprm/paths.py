@@ -37,6 +37,21 @@ def locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` so that a reader (or a run killed midway) sees the old file or the whole
+    new one, never part of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with staging.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 def staging_dir(target: Path) -> Path:
     """A fresh, empty folder beside ``target`` to build it in before :func:`publish_dir`."""
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")

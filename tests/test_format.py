@@ -521,21 +521,27 @@ def _render_or_none(step, analysis, verify, correct, hostile) -> str | None:
         return None
 
 
-def test_round_trip_seeded_fuzz():
-    rng = random.Random(20250401)
-    rendered = 0
-    for _ in range(800):
-        step, analysis, verify, correct, hostile = _random_rationale(rng, max_pieces=5)
+def _rendered_fuzz_cases(seed: int, cases: int, max_pieces: int) -> list[tuple]:
+    """``(step, analysis, verify, correct, text)`` of the random rationales that render."""
+    rng = random.Random(seed)
+    rendered = []
+    for _ in range(cases):
+        step, analysis, verify, correct, hostile = _random_rationale(rng, max_pieces)
         text = _render_or_none(step, analysis, verify, correct, hostile)
-        if text is None:
-            continue
-        rendered += 1
+        if text is not None:
+            rendered.append((step, analysis, verify, correct, text))
+    return rendered
+
+
+def test_round_trip_seeded_fuzz():
+    cases = _rendered_fuzz_cases(seed=20250401, cases=800, max_pieces=5)
+    assert len(cases) >= 500  # half the cases are safe; many hostile ones render too
+    for step, analysis, verify, correct, text in cases:
         parsed = parse_turn(text)
         assert parsed.analysis == analysis, text
         assert parsed.verify == verify, text
         assert parsed.judgement is correct, text
         assert render_rationale(step, parsed.analysis, parsed.verify, parsed.judgement) == text
-    assert rendered >= 500  # half the cases are safe; many hostile ones render too
 
 
 # --------------------------------------------------------------------------------------------
@@ -976,19 +982,13 @@ def test_code_output_spans_ignores_model_text_mentions():
 
 
 def test_code_output_spans_seeded_fuzz():
-    rng = random.Random(77)
-    rendered = 0
-    for _ in range(600):
-        step, analysis, verify, correct, hostile = _random_rationale(rng, max_pieces=6)
-        text = _render_or_none(step, analysis, verify, correct, hostile)
-        if text is None:
-            continue
-        rendered += 1
+    cases = _rendered_fuzz_cases(seed=77, cases=600, max_pieces=6)
+    assert len(cases) >= 350
+    for _, _, verify, _, text in cases:
         spans = code_output_spans(text)
         assert spans == _executor_spans(verify, text), text
         outputs = [p.output for p in verify if isinstance(p, CodeBlock) and p.output is not None]
         assert [text[a:b] for a, b in spans] == [code_output_text(o) for o in outputs]
-    assert rendered >= 350
 
 
 def test_markdown_table_stdout_round_trips_and_is_fully_masked():

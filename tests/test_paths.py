@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from genprm.paths import locked, publish_dir, staging_dir
+from genprm.paths import locked, publish_dir, staging_dir, write_atomically
 
 
 def test_publish_into_a_new_place(tmp_path):
@@ -78,3 +78,14 @@ def test_lock_is_exclusive_between_processes(tmp_path):
         holder.join(30)
     with open(tmp_path / "thing.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once the holder is done
+
+
+def test_write_atomically_keeps_the_old_file_when_the_write_fails(tmp_path):
+    target = tmp_path / "sub" / "out.jsonl"
+    write_atomically(target, b"old\n")
+    with pytest.raises(TypeError):
+        write_atomically(target, "not bytes")  # fails inside the write, after the open
+    assert target.read_bytes() == b"old\n"
+    assert not list(target.parent.glob(".out.jsonl.tmp-*"))
+    write_atomically(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
