@@ -27,8 +27,9 @@ import pytest
 
 from genprm.format import CODE_ERROR, CODE_TIMEOUT
 from genprm.sandbox import STATUSES, ExecResult, Sandbox, SandboxError
-from genprm.sandbox.isolation import descendants, proc_stat
+from genprm.sandbox.isolation import proc_stat
 from genprm.sandbox.uids import FIRST_UID, UID_COUNT
+from genprm.testing.processes import alive, live_pids_of, snippet_processes, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -48,34 +49,9 @@ def proc_state(pid: int) -> str | None:
     return stat and stat[0]
 
 
-def alive(pid: int) -> bool:
-    """Running or sleeping: a zombie (dead, not yet reaped) does not count."""
-    return proc_state(pid) not in (None, "Z", "X")
-
-
-def live_pids_of(uids: set[int]) -> list[int]:
-    """Live processes whose owner is one of ``uids`` (a ps -u scan of /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                owner = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if owner in uids and alive(int(entry)):
-                found.append(int(entry))
-    return found
-
-
 def live_descendants(pid: int) -> list[int]:
-    """Live snippet processes of a worker (its serving process excluded)."""
-    return [c for c in descendants(pid) if alive(c) and c not in serving_worker(pid)]
-
-
-def serving_worker(pid: int) -> set[int]:
-    """The worker process a launcher pid stands for: its only child, the init of the PID
-    namespace in which the worker serves. Snippet processes are below it."""
-    return {child for child in descendants(pid) if (proc_stat(child) or (None, None))[1] == pid}
+    """Live snippet processes of a worker (its own processes excluded)."""
+    return snippet_processes([pid])
 
 
 def describe(pids) -> dict[int, str]:
@@ -89,16 +65,6 @@ def describe(pids) -> dict[int, str]:
         except OSError:
             described[pid] = "gone"
     return described
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def snippet_uids(sandbox: Sandbox) -> set[int]:
@@ -184,6 +150,7 @@ def test_isolation_facts_on_root(sandbox):
         "private_network": True,
         "pid_namespaces": True,
         "private_scratch": True,
+        "memory_cgroup": True,
         "uid": sandbox._workers[0].facts["uid"],
         "bwrap": False,
         "missing": [],
@@ -731,7 +698,7 @@ def test_python_paths_under_tmp_stay_importable_and_read_only(monkeypatch):
     import shutil
     import tempfile
 
-    from genprm.sandbox.isolation import scratch_shadowed
+    from genprm.sandbox.scratch import shadowed
 
     folder = tempfile.mkdtemp(prefix="genprm-checkout-", dir="/tmp")
     try:
@@ -739,7 +706,7 @@ def test_python_paths_under_tmp_stay_importable_and_read_only(monkeypatch):
         Path(folder, "shadow_probe.py").write_text("VALUE = 41\n")
         Path(folder, "shadow_probe.py").chmod(0o644)
         monkeypatch.syspath_prepend(folder)
-        assert scratch_shadowed([folder, folder + "/sub", "/usr/lib"]) == [folder]
+        assert shadowed([folder, folder + "/sub", "/usr/lib"], ["/tmp", "/var/tmp"]) == [folder]
         with Sandbox(workers=1) as sandbox:
             assert sandbox.isolation["private_scratch"]
             result = sandbox.run("import shadow_probe\nprint(shadow_probe.VALUE + 1)")

@@ -20,15 +20,16 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from genprm.format import CODE_TIMEOUT
 from genprm.sandbox import Sandbox, SandboxError
-from genprm.sandbox.isolation import descendants, proc_stat
+from genprm.sandbox.isolation import descendants
+from genprm.sandbox.snippet import WAITING_NAME
 from genprm.sandbox.uids import FIRST_UID, UID_COUNT
+from genprm.testing.processes import alive, live_pids_of, process_name, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
@@ -49,43 +50,30 @@ IMPORT_SNIPPET = (
 # ----------------------------------------------------------------------------- helpers
 
 
-def alive(pid: int) -> bool:
-    return (proc_stat(pid) or ("X",))[0] not in ("Z", "X")
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def serving_processes(sandbox: Sandbox) -> set[int]:
-    """bwrap and the worker processes below it, taken while no snippet runs."""
-    return {p for pid in sandbox.worker_pids() for p in [pid, *descendants(pid)]}
+    """bwrap and the worker processes below it (the zygote too, but not the snippet process
+    waiting for the next request, which is new each time), taken while no snippet runs."""
+    return {
+        p
+        for pid in sandbox.worker_pids()
+        for p in [pid, *descendants(pid)]
+        if process_name(p) != WAITING_NAME
+    }
 
 
 def snippet_uids(sandbox: Sandbox) -> set[int]:
     return {worker.facts["uid"] for worker in sandbox._workers}
 
 
-def processes_of(uids: set[int]) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids and alive(int(entry)):
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
-
-
 def leftovers(sandbox: Sandbox, serving: set[int]) -> list[int]:
     """Live processes the snippets left: below a worker, or running as a snippet uid."""
-    below = [p for pid in sandbox.worker_pids() for p in descendants(pid) if p not in serving]
-    return sorted({p for p in below if alive(p)} | set(processes_of(snippet_uids(sandbox))))
+    below = [
+        p
+        for pid in sandbox.worker_pids()
+        for p in descendants(pid)
+        if p not in serving and process_name(p) != WAITING_NAME
+    ]
+    return sorted({p for p in below if alive(p)} | set(live_pids_of(snippet_uids(sandbox))))
 
 
 def assert_aftermath(sandbox: Sandbox, serving: set[int]) -> None:
@@ -277,7 +265,7 @@ def test_killing_bwrap_mid_snippet_replaces_the_worker_and_leaves_nothing():
         thread.join(PROMPTLY_S)
         assert not thread.is_alive(), "run() did not return after bwrap died"
         assert box["r"].status == "killed"
-        assert wait_for(lambda: not any(alive(pid) for pid in old) and not processes_of(uids))
+        assert wait_for(lambda: not any(alive(pid) for pid in old) and not live_pids_of(uids))
         assert fresh.run("print(1)").stdout == "1\n"
 
 
@@ -324,7 +312,7 @@ def test_ordinary_user_runs_the_workers_in_bwrap():
     """uid 65534 on the system Python (root's venv is unreadable to it): bwrap makes a user
     namespace mapping only that uid, so there is no dedicated uid, and everything else holds."""
     setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    before = set(processes_of({NOBODY}))
+    before = set(live_pids_of({NOBODY}))
     scratch = Path(tempfile.mkdtemp(prefix="genprm-bwrap-check-"))
     try:
         os.chmod(scratch, 0o755)
@@ -354,4 +342,4 @@ def test_ordinary_user_runs_the_workers_in_bwrap():
     assert report["after"] == ["ok", None, "1\n"]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1 and "dedicated uid (not root)" in warnings[0], done.stderr
-    assert wait_for(lambda: set(processes_of({NOBODY})) <= before), processes_of({NOBODY})
+    assert wait_for(lambda: set(live_pids_of({NOBODY})) <= before), live_pids_of({NOBODY})

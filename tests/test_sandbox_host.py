@@ -264,7 +264,8 @@ from genprm.sandbox import uids, worker
 
 worker_end, host_end = os.pipe()
 os.dup2(worker_end, 0)  # a worker's stdin is its host: kept open, the host is still there
-# The fallback where the kernel refuses PID namespaces: leftovers are swept by uid.
+# The fallback where the kernel refuses PID namespaces: leftovers are swept by uid, and the
+# snippet's /proc hides every other user's processes.
 worker._become_namespace_init = lambda: False
 lease = uids.UidRange().reserve()
 config = {"memory_mb": 1024, "output_limit": 1 << 20, "bwrap": False, "uid": lease.uid}
@@ -275,6 +276,8 @@ escape = (
     "    os.setsid()\\n"
     "    time.sleep(300)\\n"
     "print(os.getuid())\\n"
+    # Its own /proc, without a PID namespace: only processes of its own uid are listed.
+    "print(sorted({os.stat('/proc/' + p).st_uid for p in os.listdir('/proc') if p.isdigit()}))\\n"
 )
 result = warm.run({"code": escape, "prelude": [], "timeout": 10})
 print(json.dumps({"uid": lease.uid, "pid_namespaces": warm.pid_namespaces, "result": result}))
@@ -288,7 +291,8 @@ def test_the_uid_sweep_spares_processes_of_uids_it_did_not_reserve(leased_uid, s
     assert done.returncode == 0, done.stderr[-5000:]
     out = json.loads(done.stdout)
     assert out["pid_namespaces"] is False  # the sweep by uid did run
-    assert (out["result"]["status"], out["result"]["stdout"]) == ("ok", f"{out['uid']}\n")
+    uid = out["uid"]
+    assert (out["result"]["status"], out["result"]["stdout"]) == ("ok", f"{uid}\n[{uid}]\n")
     assert pids_of(out["uid"]) == [], "the escaped snippet process was not swept"
     assert victim.poll() is None and alive(victim.pid), "the sweep killed a process not ours"
 

@@ -38,36 +38,16 @@ import json, logging, os, sys, time
 logging.basicConfig()
 os.environ["WANDB_API_KEY"] = SECRET = sys.argv[2]
 from genprm.sandbox import Sandbox
-from genprm.sandbox.isolation import descendants, proc_stat
+from genprm.testing.processes import alive, snippet_processes
 
 PORT = int(sys.argv[1])
 
 
-def alive(pid):
-    return (proc_stat(pid) or ("X",))[0] not in ("Z", "X")
-
-
-def live_descendants(pids):
-    # Live snippet processes of these workers (their serving processes excluded).
-    return sorted(
-        child
-        for pid in pids
-        for child in descendants(pid)
-        if alive(child) and child not in serving_worker(pid)
-    )
-
-
-def serving_worker(pid: int) -> set[int]:
-    # The worker process a launcher pid stands for: its only child, the init of the PID
-    # namespace in which the worker serves. Snippet processes are below it.
-    return {child for child in descendants(pid) if (proc_stat(child) or (None, None))[1] == pid}
-
-
 def after_grace(pids, seconds=10.0):
     deadline = time.monotonic() + seconds
-    while live_descendants(pids) and time.monotonic() < deadline:
+    while snippet_processes(pids) and time.monotonic() < deadline:
         time.sleep(0.02)
-    return live_descendants(pids)
+    return snippet_processes(pids)
 
 
 CASES = {
@@ -114,7 +94,7 @@ with Sandbox(workers=1, timeout=2.0) as sandbox:
             "feedback": result.feedback[:20000],
             "error_type": result.error_type,
             "wall_s": time.monotonic() - started,
-            "left_immediately": live_descendants(sandbox.worker_pids()),
+            "left_immediately": snippet_processes(sandbox.worker_pids()),
             "left_after_grace": after_grace(sandbox.worker_pids()),
             "workers": sandbox.worker_pids(),
             "workers_alive": [alive(pid) for pid in sandbox.worker_pids()],
@@ -261,6 +241,9 @@ def test_isolation_facts(checked):
     assert isolation["private_scratch"] is True
     assert isolation["uid"] is None
     assert any("dedicated uid" in item for item in isolation["missing"]), isolation
+    # No memory cgroup without root: reported, with the lower process allowance.
+    assert isolation["memory_cgroup"] is False
+    assert any("memory cgroup" in item for item in isolation["missing"]), isolation
 
 
 def test_one_warning_names_the_missing_dedicated_uid(checked):

@@ -17,8 +17,10 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 PACKAGE = Path(__file__).resolve().parents[1]
 
 
-def command(bwrap: str) -> list[str]:
-    """``bwrap`` and its arguments, up to and including the ``--`` before the worker's own."""
+def command(bwrap: str, writable: dict[str, str] | None = None) -> list[str]:
+    """``bwrap`` and its arguments, up to and including the ``--`` before the worker's own;
+    ``writable`` maps host folders to where the worker sees them, writable (its memory
+    cgroups)."""
     if os.geteuid() == 0:
         # No user namespace: it would map uid 0 alone, so the worker could not switch to the
         # snippet uid the host reserved for it. No PID namespace: the worker makes its own, one
@@ -43,6 +45,8 @@ def command(bwrap: str) -> list[str]:
         arguments += ["--ro-bind", path, path]
     for path in SYSTEM_FILES:
         arguments += ["--ro-bind-try", path, path]
+    for source, target in (writable or {}).items():
+        arguments += ["--bind", source, target]
     return [*arguments, "--chdir", "/", "--"]
 
 

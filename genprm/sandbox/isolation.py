@@ -9,39 +9,40 @@ import signal
 import socket
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 32, 4096
-_MS_REC, _MS_PRIVATE, _MS_RELATIME = 1 << 14, 1 << 18, 1 << 21
-# statvfs flags with the same value as the mount flag
-_KEPT_FLAGS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME
-# Directories any user may write to; each snippet gets its own empty, size-capped copy.
-SCRATCH_MOUNTS = {"/tmp": "64m", "/var/tmp": "16m", "/dev/shm": "16m"}
 
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _check(result: int, call: str) -> None:
+def check(result: int, call: str) -> None:
     if result != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"{call}: {os.strerror(error)}")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    check(libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
 def prctl(option: int, value: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0), "prctl")
+    check(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), 0, 0, 0), "prctl")
+
+
+def set_name(name: str) -> None:
+    """The process name ``ps`` and /proc/PID/stat show (at most 15 bytes)."""
+    check(libc.prctl(ctypes.c_int(PR_SET_NAME), ctypes.c_char_p(name.encode()), 0, 0, 0), "prctl")
 
 
 def enter_private_network() -> None:
@@ -76,40 +77,6 @@ def works_in_child(setup) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def scratch_shadowed(paths) -> list[str]:
-    """The outermost of ``paths`` (existing folders) that a scratch mount would hide, such as a
-    virtual environment in a checkout under /tmp."""
-    folders = {os.path.abspath(path) for path in paths if os.path.isdir(path)}
-    inside = sorted(p for p in folders if p.startswith(tuple(t + "/" for t in SCRATCH_MOUNTS)))
-    return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
-
-
-def private_scratch(owner: int, keep: list[str] = ()) -> None:
-    """A private mount namespace whose /tmp, /var/tmp and /dev/shm are fresh tmpfs owned by
-    ``owner``: whatever a snippet writes there disappears with it. The folders in ``keep``
-    (from ``scratch_shadowed``) stay visible there, read-only."""
-    unshare(CLONE_NEWNS)
-    _check(_libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None), "mount")
-    originals = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep}
-    for target, size in SCRATCH_MOUNTS.items():
-        if os.path.isdir(target):
-            options = f"size={size},mode=700,uid={owner},gid={owner}".encode()
-            flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
-            _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options), "mount")
-    for path, fd in originals.items():
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        source = f"/proc/self/fd/{fd}".encode()
-        bind = ctypes.c_ulong(_MS_BIND | _MS_REC)
-        _check(_libc.mount(source, path.encode(), None, bind, None), "mount")
-        # A remount must repeat the flags a user namespace inherited locked from the original.
-        mounted = os.statvfs(path).f_flag
-        inherited = mounted & _KEPT_FLAGS
-        relatime = _MS_RELATIME if mounted & os.ST_RELATIME else 0
-        flags = ctypes.c_ulong(_MS_BIND | _MS_REMOUNT | _MS_RDONLY | inherited | relatime)
-        _check(_libc.mount(None, path.encode(), None, flags, None), "mount")
-        os.close(fd)
-
-
 def drop_capabilities() -> None:
     """No capabilities and no way to regain any (setuid binaries, file capabilities)."""
 
@@ -121,7 +88,7 @@ def drop_capabilities() -> None:
 
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    _check(_libc.capset(ctypes.byref(header), (Data * 2)()), "capset")
+    check(libc.capset(ctypes.byref(header), (Data * 2)()), "capset")
 
 
 def drop_to_uid(uid: int) -> None:
@@ -130,12 +97,10 @@ def drop_to_uid(uid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def set_limits(
-    address_space: int, cpu_seconds: int, processes: int, file_bytes: int, files: int
-) -> None:
+def set_limits(address_space: int, processes: int, file_bytes: int, files: int) -> None:
+    """Every rlimit but CPU time (it depends on the request's timeout)."""
     for limit, value in (
         (resource.RLIMIT_AS, address_space),
-        (resource.RLIMIT_CPU, cpu_seconds),
         (resource.RLIMIT_NPROC, processes),
         (resource.RLIMIT_FSIZE, file_bytes),
         (resource.RLIMIT_NOFILE, files),

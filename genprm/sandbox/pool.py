@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import queue
 import select
@@ -21,15 +23,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
 from . import bwrap as _bwrap
+from . import scratch
+from .cgroups import CgroupError, WorkerCgroups
 from .result import ExecResult
 from .uids import UidLease, UidRange
 
 LOG = logging.getLogger(__name__)
 OUTPUT_LIMIT = 1 << 20
+# Where a worker inside bubblewrap finds its memory cgroups.
+BWRAP_CGROUP = "/run/genprm-cgroup"
 # The worker enforces the deadline; the host waits this much longer before it gives up on the
 # worker itself (it is then killed and replaced).
 HOST_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 120.0
+# A reply holds stdout and stderr (each at most output_limit bytes; JSON escapes take up to 6
+# characters a byte) and short fields: a worker that sends more is broken and gets replaced.
+MAX_REPLY_FACTOR = 12
+MAX_REPLY_EXTRA = 1 << 20
 # Host variables a worker may see: none of the user's environment otherwise (no API tokens).
 _PASSTHROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TZ")
 _WORKER_ENV = {
@@ -55,23 +65,47 @@ class _WorkerHandle:
     """The host's handle on one warm worker process (``worker.WarmWorker``), the pipe protocol
     to it and, as root, the lease on the worker's snippet uid (held until the worker is gone)."""
 
-    def __init__(self, config: dict, wrapper: list[str]):
+    def __init__(self, config: dict, bwrap: str | None):
         self.uid_lease = _reserve_uid() if os.geteuid() == 0 else None
-        self.config = {**config, "uid": self.uid_lease.uid if self.uid_lease else None}
+        self.cgroups: WorkerCgroups | None = None
         try:
+            self.config, wrapper = self._configure(config, bwrap)
             self.process = _start_worker(self.config, wrapper)
         except BaseException:
-            self._release_uid()
+            self._release()
             raise
         # poll, not select: the host may hold thousands of descriptors (select stops at 1024).
         self._poller = select.poll()
         self._poller.register(self.process.stdout, select.POLLIN)
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._reply_cap = MAX_REPLY_FACTOR * int(config["output_limit"]) + MAX_REPLY_EXTRA
         self.facts = self._read(time.monotonic() + STARTUP_TIMEOUT_S)
         if not (self.facts or {}).get("ready"):
             self.kill()
             reason = (self.facts or {}).get("error") or f"exit code {self.process.poll()}"
             raise SandboxError(f"sandbox worker did not start: {reason}")
+
+    def _configure(self, config: dict, bwrap: str | None) -> tuple[dict, list[str]]:
+        """The worker's config (its uid, memory cgroups, scratch folders) and the command
+        that wraps it (bubblewrap, showing it its cgroups), or none."""
+        config = {**config, "uid": None, "cgroups": None, "scratch": None}
+        binds = {}
+        if self.uid_lease is not None:
+            config["uid"] = self.uid_lease.uid
+            try:
+                self.cgroups = WorkerCgroups(self.uid_lease.uid, config["memory_mb"] << 20)
+            except CgroupError as error:
+                LOG.debug("no memory cgroup: %s", error)  # the worker reports it as missing
+            else:
+                config["cgroups"] = self.cgroups.paths
+                if bwrap:
+                    binds[self.cgroups.folder] = BWRAP_CGROUP
+                    config["cgroups"] = [
+                        os.path.join(BWRAP_CGROUP, os.path.basename(p)) for p in self.cgroups.paths
+                    ]
+        if not bwrap:  # inside bubblewrap the worker searches its own, smaller view
+            config["scratch"] = _world_writable()
+        return config, (_bwrap.command(bwrap, binds) if bwrap else [])
 
     def execute(self, code: str, prelude: list[str], timeout: float) -> dict | None:
         """The worker's reply, or None when the worker died or hung (it is killed then)."""
@@ -87,16 +121,23 @@ class _WorkerHandle:
         return reply
 
     def _read(self, deadline: float) -> dict | None:
+        """The next reply line; None when the worker died, hung or sent more than any reply
+        can hold."""
         fd = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
+        searched = 0
+        while (end := self._buffer.find(b"\n", searched)) < 0:
+            searched = len(self._buffer)
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._poller.poll(remaining * 1000):
+            if searched > self._reply_cap or remaining <= 0:
+                return None
+            if not self._poller.poll(remaining * 1000):
                 return None
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 return None
             self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
         return json.loads(line)
 
     def alive(self) -> bool:
@@ -110,15 +151,23 @@ class _WorkerHandle:
         except subprocess.TimeoutExpired:
             self.kill()
         self.process.stdout.close()
-        self._release_uid()
+        self._release()
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-        self._release_uid()
+        self._release()
 
-    def _release_uid(self) -> None:
+    def _release(self) -> None:
+        """Remove the memory cgroups (killing whatever is still dying inside), then give the
+        uid back."""
+        if self.cgroups is not None:
+            try:
+                self.cgroups.remove()
+            except OSError as error:  # removed when this uid is reserved again
+                LOG.warning("could not remove %s: %s", self.cgroups.folder, error)
+            self.cgroups = None
         if self.uid_lease is not None:
             self.uid_lease.release()
 
@@ -132,6 +181,12 @@ def _reserve_uid() -> UidLease:
             " sandbox, a user, a group, a subuid/subgid range or a process, or is not mapped here"
         )
     return lease
+
+
+@functools.cache
+def _world_writable() -> tuple[list[str], list[str]]:
+    """The host's world-writable folders (searched once per process: it takes a while)."""
+    return scratch.world_writable()
 
 
 def _start_worker(config: dict, wrapper: list[str]) -> subprocess.Popen:
@@ -171,16 +226,15 @@ class Sandbox:
     ):
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self._wrapper: list[str] = []
+        self._bwrap: str | None = None
         if bwrap:
-            found = shutil.which("bwrap")
-            if found is None:
+            self._bwrap = shutil.which("bwrap")
+            if self._bwrap is None:
                 raise SandboxError(
                     "Sandbox(bwrap=True) needs bwrap: install bubblewrap"
                     " (Debian/Ubuntu: apt-get install bubblewrap)"
                 )
-            self._wrapper = _bwrap.command(found)
-        self.timeout = timeout
+        self.timeout = _checked_timeout(timeout)
         self.output_limit = output_limit
         self._config = {"memory_mb": memory_mb, "output_limit": output_limit, "bwrap": bwrap}
         self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
@@ -189,7 +243,7 @@ class Sandbox:
         self._closed = False
         with ThreadPoolExecutor(workers) as starter:
             starts = [
-                starter.submit(_WorkerHandle, self._config, self._wrapper) for _ in range(workers)
+                starter.submit(_WorkerHandle, self._config, self._bwrap) for _ in range(workers)
             ]
         failed = [start.exception() for start in starts if start.exception()]
         if failed:  # do not leave the workers that did start running
@@ -207,10 +261,14 @@ class Sandbox:
 
     @property
     def isolation(self) -> dict:
-        """What this host allowed: private network, PID namespaces, private /tmp, dedicated uid,
-        whether the workers run in bubblewrap, and what is missing."""
+        """What this host allowed: private network, PID namespaces, private scratch folders, a
+        memory cgroup per snippet tree, dedicated uid, whether the workers run in bubblewrap,
+        and what is missing."""
         facts = self._workers[0].facts
-        keys = ("private_network", "pid_namespaces", "private_scratch", "uid", "bwrap", "missing")
+        keys = (
+            "private_network", "pid_namespaces", "private_scratch", "memory_cgroup", "uid",
+            "bwrap", "missing",
+        )  # fmt: skip
         return {key: facts[key] for key in keys}
 
     @property
@@ -226,7 +284,7 @@ class Sandbox:
         """Run ``code`` after silently replaying ``prelude`` (earlier blocks of the same path)."""
         if not isinstance(code, str) or not all(isinstance(block, str) for block in prelude):
             raise TypeError("code and prelude blocks must be strings")
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else _checked_timeout(timeout)
         worker = self._acquire()
         try:
             reply = worker.execute(code, list(prelude), timeout) if worker.alive() else None
@@ -258,7 +316,7 @@ class Sandbox:
 
     def _replace(self, dead: _WorkerHandle) -> _WorkerHandle:
         dead.kill()
-        fresh = _WorkerHandle(self._config, self._wrapper)
+        fresh = _WorkerHandle(self._config, self._bwrap)
         with self._lock:
             self._workers[self._workers.index(dead)] = fresh
         return fresh
@@ -277,6 +335,15 @@ class Sandbox:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _checked_timeout(timeout) -> float:
+    """A positive, finite number of seconds (a snippet never runs unbounded)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 def _worker_died(timeout: float) -> dict:

@@ -2,31 +2,39 @@
 :class:`genprm.sandbox.Sandbox`, one per slot.
 
 It imports and exercises sympy, numpy and math-verify once, isolates itself (private network
-namespace, init of its own PID namespace), then serves one JSON request per line on stdin: for
-each snippet it forks one fresh child (its own session and, where possible, PID namespace and
-private tmpfs /tmp; closed descriptors, scrubbed environment, rlimits, no capabilities, and as
-root the dedicated uid the host reserved for this worker), collects its output under a
-wall-clock deadline and an output cap, kills whatever the snippet left behind, and answers one
-JSON line on stdout. EOF on stdin (the host went away) ends it.
+namespace, init of its own PID namespace), finds out what isolation this host allows each
+snippet, and forks the zygote (:mod:`genprm.sandbox.zygote`), from which every snippet process
+is forked, prepared ahead of its request. Then it serves one JSON request per line on stdin:
+hands the request to the prepared process, collects its output under a wall-clock deadline and
+output caps, makes sure nothing of it is left, and answers one JSON line on stdout. EOF on stdin
+(the host went away) ends it, and with it the zygote and any snippet.
 """
 
 from __future__ import annotations
 
-import builtins
+import collections
 import contextlib
 import gc
 import importlib
-import io
 import json
 import os
 import select
 import shutil
 import signal
+import socket
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 
-from . import isolation
+from . import cgroups, isolation, scratch, seccomp
+from .snippet import (
+    EXTRA_PROCESSES_WITHOUT_CGROUP,
+    MAX_MESSAGE,
+    MAX_NAME,
+    SnippetSettings,
+    capped_text,
+)
+from .zygote import DESCRIPTORS, MAX_DATAGRAM, Zygote
 
 # Imported before any snippet runs. As root the snippet runs under a uid that may not be able
 # to read the Python installation (e.g. under /root), so what it imports must already be loaded.
@@ -36,11 +44,8 @@ WARM_MODULES = (
     "pprint", "json", "time", "datetime", "calendar", "statistics", "random", "typing",
     "dataclasses", "socket", "encodings.idna", "numpy", "sympy", "sympy.abc", "math_verify",
 )  # fmt: skip
-EXTRA_PROCESSES = 128  # threads count too: room for a snippet's own threads and children
-MAX_FILE_BYTES = 16 << 20
-MAX_OPEN_FILES = 64
-MAX_MESSAGE = 10_000
-_SNIPPET_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# What a snippet may write to its status descriptor (fd 3): the runner's report is far smaller.
+MAX_REPORT = 1 << 16
 
 
 class WorkerStartError(RuntimeError):
@@ -78,13 +83,27 @@ def warm_up() -> list[str]:
     return missing
 
 
+@dataclass
+class _Prepared:
+    """A snippet process the zygote forked, waiting for its request."""
+
+    pid: int
+    workdir: str
+    slot: int
+    outputs: list[int]  # read ends of its stdout, stderr and status pipes
+    request: int  # write end of its request pipe
+    pidfd: int
+
+
 class WarmWorker:
-    """The worker process itself: isolates itself once, then forks one child per snippet
-    (the host side is ``pool._WorkerHandle``). ``config["uid"]`` is the snippet uid the host
-    reserved for this worker (``uids.UidRange``), None when the host is not root."""
+    """The worker process itself (the host side is ``pool._WorkerHandle``). ``config["uid"]``
+    is the snippet uid the host reserved for this worker (``uids.UidRange``), None when the
+    host is not root; ``config["cgroups"]`` its two memory cgroups (``cgroups.WorkerCgroups``)
+    or None; ``config["scratch"]`` the world-writable folders and unsearched network mounts
+    (``scratch.world_writable()``), None to search here (inside bubblewrap)."""
 
     def __init__(self, config: dict):
-        self.memory_bytes = int(config["memory_mb"]) << 20
+        self.memory_mb = int(config["memory_mb"])
         self.output_limit = int(config["output_limit"])
         self.bwrap = bool(config["bwrap"])
         if self.bwrap:  # die with bwrap, our parent, as we do with the host (EOF on stdin)
@@ -103,33 +122,81 @@ class WarmWorker:
                 " snippets would keep them"
             )
         self.pid_namespaces = _become_namespace_init()
+        own_pid_namespace = None
         if self.pid_namespaces:
-            self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY)
-            self.pid_namespaces = isolation.works_in_child(self._enter_fresh_pid_namespace)
+            own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY)
+            self.pid_namespaces = isolation.works_in_child(
+                lambda: _fresh_pid_namespace(own_pid_namespace)
+            )
         if not self.pid_namespaces:
+            own_pid_namespace = None
             self.missing.append("PID namespace: leftover processes are found by process tree")
-        self.owner = self.uid if self.uid is not None else os.getuid()
-        self.keep = isolation.scratch_shadowed([*sys.path, sys.prefix, sys.base_prefix])
-        self.private_scratch = isolation.works_in_child(
-            lambda: isolation.private_scratch(self.owner, self.keep)
-        )
+        owner = self.uid if self.uid is not None else os.getuid()
+        found, unsearched = config.get("scratch") or scratch.world_writable()
+        if unsearched:
+            self.missing.append(
+                "not searched for world-writable folders (network file systems): "
+                + ", ".join(unsearched)
+            )
+        folders = scratch.scratch_folders(found)
+        keep = scratch.shadowed([*sys.path, sys.prefix, sys.base_prefix], folders)
+        mounts = lambda own_proc: scratch.private_mounts(owner, folders, keep, own_proc)  # noqa: E731
+        self.private_scratch = isolation.works_in_child(lambda: mounts(False))
         if not self.private_scratch:
-            self.missing.append("mount namespace: files written to /tmp outlive the snippet")
+            self.missing.append(
+                "mount namespace: files written to world-writable folders outlive the snippet"
+            )
+        # Without a PID namespace of its own a snippet's /proc still hides other users'
+        # processes: all of the host's, when it runs under its own uid.
+        own_proc = False
+        if self.private_scratch:
+            if own_pid_namespace is not None:
+                _fresh_pid_namespace(own_pid_namespace)
+            own_proc = isolation.works_in_child(lambda: mounts(True))
+            if own_pid_namespace is not None:
+                isolation.setns(own_pid_namespace, isolation.CLONE_NEWPID)
+        if not own_proc:
+            self.missing.append("own /proc: snippets can list the host's processes")
+        elif not self.pid_namespaces and self.uid is None:
+            self.missing.append("own /proc: snippets can list the host user's processes")
+        ipc = isolation.works_in_child(lambda: isolation.unshare(isolation.CLONE_NEWIPC))
+        if not ipc:
+            self.missing.append("IPC namespace: SysV IPC and POSIX queues are shared")
+        self.memory_cgroup = _usable_cgroups(config.get("cgroups"))
+        if not self.memory_cgroup:
+            self.missing.append(
+                "memory cgroup: memory is capped per process only, and at most"
+                f" {EXTRA_PROCESSES_WITHOUT_CGROUP} more processes"
+            )
+        no_setid_bits = isolation.works_in_child(seccomp.refuse_setid_bits)
+        if not no_setid_bits:
+            self.missing.append("seccomp: snippets can set setuid bits on their private files")
         if self.uid is None:
             self.missing.append("dedicated uid (not root): snippets run as the host user")
-        isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
         self.missing += [f"module {name} (not installed)" for name in warm_up()]
         # Keep the collector away from the warm objects: a child's collection would write to
         # (and so copy) every page holding them.
         gc.freeze()
-        self.address_space_base = _address_space()
+        self.settings = SnippetSettings(
+            owner=owner,
+            uid=self.uid,
+            address_space=_address_space() + (self.memory_mb << 20),
+            cgroups=tuple(config["cgroups"]) if self.memory_cgroup else None,
+            ipc_namespace=ipc,
+            private_scratch=self.private_scratch,
+            own_proc=own_proc,
+            scratch_folders=tuple(folders),
+            keep=tuple(keep),
+            private_network=self.private_network,
+            no_setid_bits=no_setid_bits,
+        )
+        self._channel, self.zygote_pid = _start_zygote(self.settings, own_pid_namespace)
+        self._prepared: collections.deque[_Prepared] = collections.deque()
+        self._slots_asked: collections.deque[int] = collections.deque()  # in the zygote's order
+        self._exits: dict[int, int] = {}
+        self._next_slot = 0
         self._stdin = b""
-
-    def _enter_fresh_pid_namespace(self) -> None:
-        """Make the next child the init of a fresh PID namespace. Going back to our own
-        namespace first allows this once per snippet, with a single fork."""
-        isolation.setns(self.own_pid_namespace, isolation.CLONE_NEWPID)
-        isolation.unshare(isolation.CLONE_NEWPID)
+        self._prepare()
 
     def facts(self) -> dict:
         return {
@@ -138,6 +205,7 @@ class WarmWorker:
             "private_network": self.private_network,
             "pid_namespaces": self.pid_namespaces,
             "private_scratch": self.private_scratch,
+            "memory_cgroup": self.memory_cgroup,
             "bwrap": self.bwrap,
             "missing": self.missing,
         }
@@ -153,35 +221,66 @@ class WarmWorker:
             yield json.loads(line)
 
     def run(self, request: dict) -> dict:
-        # The working directory: the snippet's private /tmp, else a fresh folder of its own.
-        workdir = "/tmp" if self.private_scratch else tempfile.mkdtemp(prefix="genprm-snippet-")
-        if not self.private_scratch:
-            os.chown(workdir, self.owner, self.owner)
-        pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, status
+        child = self._next_prepared()
         started = time.monotonic()
         if self.pid_namespaces:
-            self._enter_fresh_pid_namespace()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                self._child(request, workdir, [w for _, w in pipes])
-            finally:
-                os._exit(127)
-        for _, write_end in pipes:
-            os.close(write_end)
+            # Nothing of this snippet can outlive it, so the next one gets ready alongside.
+            self._prepare()
+        cgroup = self.settings.cgroups[child.slot] if self.settings.cgroups else None
+        oom_kills = cgroups.oom_kills(cgroup) if cgroup else 0
         try:
-            result = self._collect(pid, [r for r, _ in pipes], started + float(request["timeout"]))
+            _deliver(child.request, json.dumps(request).encode())
+            result = self._collect(child, started + float(request["timeout"]))
         finally:
-            for read_end, _ in pipes:
-                os.close(read_end)
-            self._sweep(pid)
-            if not self.private_scratch:
-                shutil.rmtree(workdir, ignore_errors=True)
+            for fd in [*child.outputs, child.pidfd]:
+                os.close(fd)
+            if not self.pid_namespaces:
+                self._sweep()
+            if not self.settings.private_scratch:
+                shutil.rmtree(child.workdir, ignore_errors=True)
+        # However it ended, a tree that went over its memory limit is a memory result.
+        if cgroup and cgroups.oom_kills(cgroup) > oom_kills:
+            result["status"] = "memory"
+            message = f"the snippet's processes together needed more than {self.memory_mb} MB"
+            result["error"] = {"type": "MemoryError", "message": message}
+        if not self.pid_namespaces:
+            self._prepare()
         result["duration_s"] = time.monotonic() - started
         return result
 
-    def _collect(self, pid: int, fds: list[int], deadline: float) -> dict:
-        pidfd = os.pidfd_open(pid)
+    def _prepare(self) -> None:
+        """Ask the zygote for the next snippet process, in the memory cgroup the running one
+        does not use."""
+        self._channel.send(json.dumps({"prepare": self._next_slot}).encode())
+        self._slots_asked.append(self._next_slot)
+        self._next_slot = 1 - self._next_slot
+
+    def _next_prepared(self) -> _Prepared:
+        while not self._prepared:
+            self._receive()
+        return self._prepared.popleft()
+
+    def _exit_status(self, pid: int) -> int:
+        while pid not in self._exits:
+            self._receive()
+        return self._exits.pop(pid)
+
+    def _receive(self) -> None:
+        message, fds, _, _ = socket.recv_fds(self._channel, MAX_DATAGRAM, DESCRIPTORS)
+        if not message:
+            raise RuntimeError("the zygote is gone")
+        parsed = json.loads(message)
+        if "ready" in parsed:
+            slot = self._slots_asked.popleft()
+            *outputs, request, pidfd = fds
+            prepared = _Prepared(parsed["ready"], parsed["workdir"], slot, outputs, request, pidfd)
+            self._prepared.append(prepared)
+        else:
+            self._exits[parsed["exited"]] = parsed["status"]
+
+    def _collect(self, child: _Prepared, deadline: float) -> dict:
+        fds, pidfd = child.outputs, child.pidfd
+        caps = {fds[0]: self.output_limit, fds[1]: self.output_limit, fds[2]: MAX_REPORT}
         buffers = {fd: bytearray() for fd in fds}
         open_fds, exited, status = set(fds), False, None
         poller = select.poll()
@@ -196,12 +295,12 @@ class WarmWorker:
                 # Once the child is gone, only drain what is already in the pipes.
                 ready = {fd for fd, _ in poller.poll(0 if exited else remaining * 1000)}
                 if 0 in ready:
-                    self._host_gone(pid)
+                    self._host_gone(child)
                 if pidfd in ready:
                     exited = True
                     poller.unregister(pidfd)
                 for fd in open_fds & ready:
-                    chunk = os.read(fd, 1 << 16)
+                    chunk = os.read(fd, min(1 << 16, caps[fd] + 1 - len(buffers[fd])))
                     if chunk:
                         buffers[fd] += chunk
                     else:
@@ -210,143 +309,144 @@ class WarmWorker:
                 if len(buffers[fds[0]]) + len(buffers[fds[1]]) > self.output_limit:
                     status = "output_limit"
                     break
+                if len(buffers[fds[2]]) > MAX_REPORT:
+                    status = "report_limit"
+                    break
                 if exited and (not open_fds or not ready):
                     break  # pipes drained, or held open only by processes the snippet left behind
         finally:
-            os.close(pidfd)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        _, wait_status = os.waitpid(pid, 0)
+            _kill(child)
+        wait_status = self._exit_status(child.pid)
         stdout, stderr = (bytes(buffers[fd][: self.output_limit]) for fd in fds[:2])
         result = {
             "stdout": stdout.decode("utf-8", "replace"),
             "stderr": stderr.decode("utf-8", "replace"),
             "exit": os.waitstatus_to_exitcode(wait_status),
         }
+        if status == "report_limit":
+            message = f"the snippet wrote over {MAX_REPORT} bytes to its status pipe (fd 3)"
+            status, result["error"] = "error", {"type": "SandboxError", "message": message}
         if status is None:
-            status, error = _status_from(buffers[fds[2]], result["exit"])
-            result["error"] = error
+            status, result["error"] = _status_from(bytes(buffers[fds[2]]), result["exit"])
         result["status"] = status
         return result
 
-    def _host_gone(self, pid: int) -> None:
+    def _host_gone(self, child: _Prepared) -> None:
         if os.read(0, 1 << 16) == b"":
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            self._sweep(pid)
+            _kill(child)
+            if not self.pid_namespaces:
+                self._sweep()
             os._exit(0)
         raise RuntimeError("protocol error: a request arrived while a snippet was running")
 
-    def _sweep(self, pid: int) -> None:
-        """Kill and reap everything the snippet started, wherever it went. In a PID namespace
-        the kernel already killed it all when the namespace's init (the snippet) ended."""
-        if not self.pid_namespaces:
-            if self.uid is not None:
-                isolation.kill_all_of(self.uid)
-            # Our pid as /proc (the host's) numbers it: os.getpid() is 1 inside our namespace.
-            for leftover in isolation.descendants(int(os.readlink("/proc/self"))):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(leftover, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-
-    def _child(self, request: dict, workdir: str, fds: list[int]) -> None:
-        """In the forked child (the init of a fresh PID namespace where possible): isolate,
-        then run the snippet. If any step of the isolation fails the snippet does not run: the
-        child reports the failure on the status pipe and ends."""
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        for target, fd in zip((0, 1, 2, 3), (null, *fds)):
-            os.dup2(fd, target)
-        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
-        try:
-            self._isolate(float(request["timeout"]), workdir)
-        except (OSError, ValueError) as error:
-            os.write(3, json.dumps({"isolation_failed": str(error)}).encode())
-            os._exit(1)
-        _execute(request["prelude"], request["code"])
-
-    def _isolate(self, timeout: float, workdir: str) -> None:
-        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if self.private_scratch:
-            isolation.private_scratch(self.owner, self.keep)
-        os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update(_SNIPPET_ENV, HOME=workdir, TMPDIR=workdir)
-        isolation.set_limits(
-            address_space=self.address_space_base + self.memory_bytes,
-            cpu_seconds=int(timeout) + 2,
-            processes=EXTRA_PROCESSES
-            + (0 if self.uid is not None else isolation.processes_of(self.owner)),
-            file_bytes=MAX_FILE_BYTES,
-            files=MAX_OPEN_FILES,
-        )
+    def _sweep(self) -> None:
+        """Without PID namespaces: kill whatever the snippet left, wherever it went (the
+        zygote reaps it). With them the kernel killed it all when the snippet process, the
+        namespace's init, ended."""
         if self.uid is not None:
-            isolation.drop_to_uid(self.uid)
-        # Again after the uid change, which clears it: the snippet dies with its worker.
-        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        isolation.drop_capabilities()
-        if not self.private_network:
-            isolation.refuse_sockets()
+            isolation.kill_all_of(self.uid)
+        for leftover in isolation.descendants(self.zygote_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
 
 
-def _execute(prelude: list[str], code: str) -> None:
-    """Replay the prelude silently, run the snippet, report on fd 3, and exit."""
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    runner = os.getpid()  # processes the snippet forks end here too, but only the runner reports
-    report: dict = {}
-    for block in prelude:
-        with contextlib.suppress(BaseException), contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(block, "<string>", "exec"), namespace)  # noqa: S102
+def _kill(child: _Prepared) -> None:
+    """SIGKILL the snippet process (even before it made its own session) and its group."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+
+
+def _deliver(fd: int, request: bytes) -> None:
+    """The whole request, then EOF; a snippet process that already died (its isolation failed)
+    reports that on its status pipe instead."""
     try:
-        exec(compile(code, "<string>", "exec"), namespace)  # noqa: S102
-    except SystemExit as stop:
-        if stop.code not in (None, 0):
-            report = {"type": "SystemExit", "message": str(stop.code)}
-    except BaseException as error:  # noqa: BLE001 - every failure is the snippet's result
-        report = {
-            "type": type(error).__name__,
-            "message": _message(error),
-            "memory": isinstance(error, MemoryError),
-        }
-    with contextlib.suppress(BaseException):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    if os.getpid() == runner:
-        with contextlib.suppress(BaseException):
-            os.write(3, json.dumps(report or {"ok": True}).encode())
-    os._exit(0)
-
-
-def _message(error: BaseException) -> str:
-    try:
-        return str(error)[:MAX_MESSAGE]
-    except BaseException:  # noqa: BLE001
-        return "<unprintable>"
+        with contextlib.suppress(BrokenPipeError):
+            view = memoryview(request)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _status_from(report: bytes, exit_code: int) -> tuple[str, dict | None]:
-    """Status from the child's report, or from how it ended when it never reported."""
+    """Status from the snippet's report, or from how it ended when it never reported. What the
+    snippet itself wrote to fd 3 comes back as its error (a report is one JSON object)."""
+    if not report:
+        if exit_code < 0:
+            if -exit_code == signal.SIGXCPU:
+                return "timeout", None
+            return "killed", {"type": "Killed", "message": _signal_name(-exit_code)}
+        if exit_code == 0:
+            return "ok", None  # os._exit(0) before the report
+        return "error", {"type": "SystemExit", "message": str(exit_code)}
     try:
-        parsed = json.loads(report) if report else None
-    except ValueError:
+        parsed = json.loads(report)
+    except (ValueError, RecursionError):
         parsed = None
-    if isinstance(parsed, dict) and parsed.get("ok"):
+    if not isinstance(parsed, dict):
+        message = "the snippet wrote to its status pipe (fd 3): not a status report"
+        return "error", {"type": "SandboxError", "message": message}
+    if parsed.get("ok") is True:
         return "ok", None
-    if isinstance(parsed, dict) and "isolation_failed" in parsed:
-        message = f"not run, its isolation failed: {parsed['isolation_failed']}"
+    if "isolation_failed" in parsed:
+        message = (
+            f"not run, its isolation failed: {capped_text(parsed['isolation_failed'], MAX_MESSAGE)}"
+        )
         return "killed", {"type": "SandboxError", "message": message}
-    if isinstance(parsed, dict) and "type" in parsed:
-        error = {"type": str(parsed["type"]), "message": str(parsed.get("message", ""))}
-        return ("memory" if parsed.get("memory") else "error"), error
-    if exit_code < 0:
-        if -exit_code == signal.SIGXCPU:
-            return "timeout", None
-        return "killed", {"type": "Killed", "message": signal.Signals(-exit_code).name}
-    if exit_code == 0:
-        return "ok", None  # os._exit(0) before the report
-    return "error", {"type": "SystemExit", "message": str(exit_code)}
+    error = {
+        "type": capped_text(parsed.get("type", ""), MAX_NAME),
+        "message": capped_text(parsed.get("message", ""), MAX_MESSAGE),
+    }
+    return ("memory" if parsed.get("memory") is True else "error"), error
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal without a name of its own
+        return f"signal {number}"
+
+
+def _fresh_pid_namespace(own: int) -> None:
+    """Make the next child the init of a fresh PID namespace. Going back to our own namespace
+    first allows this once per snippet, with a single fork."""
+    isolation.setns(own, isolation.CLONE_NEWPID)
+    isolation.unshare(isolation.CLONE_NEWPID)
+
+
+def _usable_cgroups(paths: list[str] | None) -> bool:
+    if not paths:
+        return False
+    try:
+        cgroups.oom_kills(paths[0])
+    except OSError:
+        return False
+    return isolation.works_in_child(lambda: cgroups.join(paths[0]))
+
+
+def _start_zygote(
+    settings: SnippetSettings, pid_namespace: int | None
+) -> tuple[socket.socket, int]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            null = os.open(os.devnull, os.O_RDWR)
+            for target in (0, 1, 2):
+                os.dup2(null, target)
+            keep = [theirs.fileno(), *([pid_namespace] if pid_namespace is not None else [])]
+            for fd in range(3, os.sysconf("SC_OPEN_MAX")):
+                if fd not in keep:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            Zygote(settings, theirs, pid_namespace).serve()
+        finally:
+            os._exit(1)
+    theirs.close()
+    return ours, pid
 
 
 def _become_namespace_init() -> bool:

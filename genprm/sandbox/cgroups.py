@@ -1,0 +1,111 @@
+"""Memory cgroups that cap a snippet's whole process tree (cgroup v1 ``memory`` controller, as
+root): every process it forks, what it writes to tmpfs, SysV shared memory and the kernel memory
+its files and directories take all count against one limit, and going over it OOM-kills inside
+the tree only.
+
+Each worker gets two cgroups below the host's own memory cgroup (``genprm-sandbox-<uid>/0`` and
+``/1``, named after the worker's reserved uid, so one left by a killed host is found and removed
+when the uid is reserved again): the snippet running holds one while the next snippet's process
+waits, already inside the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+SLOTS = ("0", "1")
+PREFIX = "genprm-sandbox-"
+
+
+class CgroupError(OSError):
+    """No memory cgroup can be made here (not root, no cgroup v1 memory controller, ...)."""
+
+
+def own_memory_cgroup(
+    cgroup_file: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo"
+) -> str:
+    """The folder of this process's cgroup v1 memory cgroup."""
+    with open(cgroup_file) as handle:
+        paths = [
+            line.rstrip("\n").split(":", 2)[2]
+            for line in handle
+            if "memory" in line.split(":", 2)[1].split(",")
+        ]
+    if not paths:
+        raise CgroupError("no cgroup v1 memory controller (cgroup v2 is not supported yet)")
+    with open(mountinfo) as handle:
+        for line in handle:
+            fields = line.split()
+            extra = fields[fields.index("-") + 1 :]
+            if extra[0] == "cgroup" and "memory" in extra[2].split(","):
+                root, mountpoint = fields[3], fields[4]
+                relative = os.path.relpath(paths[0], root)
+                if not relative.startswith(".."):
+                    return os.path.normpath(os.path.join(mountpoint, relative))
+    raise CgroupError("the memory cgroup hierarchy is not mounted here")
+
+
+class WorkerCgroups:
+    """The two snippet cgroups of one worker, each limited to ``limit_bytes``."""
+
+    def __init__(self, uid: int, limit_bytes: int, parent: str | None = None):
+        self.folder = os.path.join(parent or own_memory_cgroup(), f"{PREFIX}{uid}")
+        self.remove()  # left by a host that was killed while it held this uid
+        try:
+            os.mkdir(self.folder)
+            for slot in self.paths:
+                os.mkdir(slot)
+                _write(slot, "memory.limit_in_bytes", limit_bytes)
+                # Without swap accounting there is no such file, and nothing to swap to.
+                with contextlib.suppress(FileNotFoundError):
+                    _write(slot, "memory.memsw.limit_in_bytes", limit_bytes)
+        except OSError as error:
+            self.remove()
+            raise CgroupError(error.errno, f"cannot make a memory cgroup: {error}") from error
+
+    @property
+    def paths(self) -> list[str]:
+        return [os.path.join(self.folder, slot) for slot in SLOTS]
+
+    def remove(self, timeout: float = 10.0) -> None:
+        """Kill what is still inside (processes of a dead worker finish dying) and remove."""
+        deadline = time.monotonic() + timeout
+        for path in [*self.paths, self.folder]:
+            while os.path.isdir(path):
+                for pid in members(path):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+
+
+def join(path: str) -> None:
+    """Move the calling process into the cgroup at ``path`` (what it forks follows)."""
+    _write(path, "cgroup.procs", 0)
+
+
+def members(path: str) -> list[int]:
+    with open(os.path.join(path, "cgroup.procs")) as handle:
+        return [int(line) for line in handle if line.strip()]
+
+
+def oom_kills(path: str) -> int:
+    """How many processes the kernel has killed in this cgroup for going over its limit."""
+    with open(os.path.join(path, "memory.oom_control")) as handle:
+        for line in handle:
+            name, value = line.split()
+            if name == "oom_kill":
+                return int(value)
+    raise CgroupError(f"no oom_kill count in {path}/memory.oom_control (kernel before 4.13)")
+
+
+def _write(path: str, name: str, value: int) -> None:
+    with open(os.path.join(path, name), "w") as handle:
+        handle.write(str(value))
