@@ -53,11 +53,20 @@ $(VLLM_VENV)/.installed: pyproject.toml
 model: venv
 	$(BIN)/genprm-model prepare
 
-demo: model
+# The demo trains on GSM8K, then evaluates the trained checkpoint and, beside it, the untrained
+# embedded model on a MATH slice it never saw (direct mode, as it was trained), with vLLM on CPU.
+DEMO_EVAL_ROWS ?= 40
+DEMO_EVAL := genprm-eval processbench --engine vllm --enforce-eager --dtype float32 \
+	--mode direct --splits math --sample $(DEMO_EVAL_ROWS)
+
+demo: model venv-vllm
 	$(BIN)/genprm-convert $(PROCESSBENCH)/gsm8k.jsonl $(DEMO_DATA)
 	$(BIN)/axolotl preprocess $(CPU_CONFIG)
 	$(BIN)/axolotl train $(CPU_CONFIG)
 	$(BIN)/genprm-train-report outputs/genprm-smollm2-cpu
+	rm -rf outputs/demo-eval
+	$(VLLM_BIN)/$(DEMO_EVAL) --model outputs/genprm-smollm2-cpu --out outputs/demo-eval/trained
+	$(VLLM_BIN)/$(DEMO_EVAL) --out outputs/demo-eval/untrained
 
 # Sandbox(bwrap=True) needs bubblewrap; its tests fail without it.
 bwrap:
@@ -78,6 +87,7 @@ bench: model venv-vllm bwrap
 	$(BIN)/python bench/bench_tokenize.py
 	$(BIN)/python bench/bench_sandbox.py
 	$(VLLM_BIN)/python bench/bench_generation.py
+	$(VLLM_BIN)/python bench/bench_verifier.py
 
 clean:
 	rm -rf outputs wandb last_run_prepared

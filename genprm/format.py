@@ -387,6 +387,17 @@ def with_judgement(rationale: str, correct: bool) -> str:
     return rationale
 
 
+def first_user_content(problem: str, first_step: str) -> str:
+    """The first user turn: the problem and the first step, as the evaluator that produced the
+    paper's numbers sends them (the README shows ``"Question: " + problem + "\\n\\n" + step``
+    instead; this is the one place to switch).
+
+    >>> first_user_content("1+1?", "It is 2.")
+    '1+1?\\nIt is 2.'
+    """
+    return problem + "\n" + first_step
+
+
 def build_conversation(
     problem: str, steps: list[str], turns: list[str | bool], system: str = SYSTEM_COT
 ) -> list[dict[str, str]]:
@@ -406,7 +417,9 @@ def build_conversation(
             turn = judgement_text(turn)
         elif not isinstance(turn, str) or not turn.strip():
             raise FormatError(f"turn {index}: a rationale must be a non-empty string or a bool")
-        messages.append({"role": "user", "content": problem + "\n" + step if index == 0 else step})
+        messages.append(
+            {"role": "user", "content": first_user_content(problem, step) if index == 0 else step}
+        )
         messages.append({"role": "assistant", "content": turn})
     return messages
 

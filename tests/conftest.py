@@ -178,3 +178,53 @@ def read_wandb_run():
         return history, summary
 
     return read
+
+
+# The session's two vLLM servers (the embedded model; an API key), shared by every test module
+# that talks to a server: one start per test session.
+VLLM_API_KEY = "sk-genprm-test-0c1d2e3f"
+VLLM_SERVER_ARGS = (
+    "--enforce-eager",
+    "--dtype",
+    "float32",
+    "--max-model-len",
+    "2048",
+    "--enable-prefix-caching",
+    "--enable-prompt-tokens-details",
+    "--api-key",
+    VLLM_API_KEY,
+)
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(vllm_python, smollm2_path, tmp_path_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genprm.testing.local_server import LocalVLLMServer
+
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    pair = [
+        LocalVLLMServer(
+            vllm_python, str(smollm2_path), extra_args=VLLM_SERVER_ARGS, log_path=logs / f"{i}.log"
+        )
+        for i in range(2)
+    ]
+    try:
+        with ThreadPoolExecutor(2) as starter:
+            list(starter.map(LocalVLLMServer.start, pair))
+        yield pair
+    finally:
+        for server in pair:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_api_key():
+    """The servers' API key, in OPENAI_API_KEY (where the openai engine looks) for the session."""
+    previous = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = VLLM_API_KEY
+    yield VLLM_API_KEY
+    if previous is None:
+        del os.environ["OPENAI_API_KEY"]
+    else:
+        os.environ["OPENAI_API_KEY"] = previous

@@ -7,63 +7,30 @@ in the training environment, as a user's pipeline would: the two meet over HTTP.
 import http.server
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from genprm.backends import EngineError, Request, SamplingParams, make_engine, openai_engine
 from genprm.testing import contract
-from genprm.testing.local_server import LocalVLLMServer, free_port
+from genprm.testing.local_server import free_port
 
 pytestmark = pytest.mark.vllm_server
-API_KEY = "sk-genprm-test-0c1d2e3f"
-SERVER_ARGS = (
-    "--enforce-eager",
-    "--dtype",
-    "float32",
-    "--max-model-len",
-    "2048",
-    "--enable-prefix-caching",
-    "--enable-prompt-tokens-details",
-    "--api-key",
-    API_KEY,
-)
 
 
 @pytest.fixture(scope="module")
-def servers(vllm_python, smollm2_path, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    pair = [
-        LocalVLLMServer(
-            vllm_python, str(smollm2_path), extra_args=SERVER_ARGS, log_path=logs / f"{i}.log"
-        )
-        for i in range(2)
-    ]
-    try:
-        with ThreadPoolExecutor(2) as starter:
-            list(starter.map(LocalVLLMServer.start, pair))
-        yield pair
-    finally:
-        for server in pair:
-            server.stop()
+def servers(vllm_servers):
+    return vllm_servers
 
 
 @pytest.fixture(scope="module")
-def api_key_in_env():
-    previous = os.environ.get("OPENAI_API_KEY")
-    os.environ["OPENAI_API_KEY"] = API_KEY
-    yield
-    if previous is None:
-        del os.environ["OPENAI_API_KEY"]
-    else:
-        os.environ["OPENAI_API_KEY"] = previous
+def api_key_in_env(vllm_api_key):
+    return vllm_api_key
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +78,7 @@ def test_the_api_key_is_sent_and_never_logged(servers, api_key_in_env, caplog, m
     assert "sk-wrong-key-9a8b" not in str(caught.value)
     with make_engine("openai", base_urls=[servers[0].base_url]) as engine:
         engine.generate(["Hello"], SamplingParams(max_tokens=2))
-    assert API_KEY not in caplog.text and "sk-wrong-key-9a8b" not in caplog.text
+    assert api_key_in_env not in caplog.text and "sk-wrong-key-9a8b" not in caplog.text
 
 
 def test_health_check_names_the_server_that_is_down(servers, api_key_in_env):

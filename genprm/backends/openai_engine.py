@@ -205,6 +205,10 @@ class OpenAIEngine(Engine):
         if lacking:
             raise EngineError("; ".join(lacking))
         entry = listed[first][model]
+        # vLLM servers say how long a context they take; the shortest one bounds every request.
+        lengths = [models[model].get("max_model_len") for models in listed.values()]
+        if all(isinstance(length, int) for length in lengths):
+            self.max_model_len = min(lengths)
         return entry["id"], entry.get("root") or entry["id"]
 
     def _load_tokenizer(self) -> None:

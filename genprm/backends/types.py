@@ -154,6 +154,8 @@ class Engine(ABC):
     future), ``tokenizer`` and ``close``."""
 
     name: str
+    max_model_len: int | None = None
+    """The model's context in tokens (prompt and generation), where the engine knows it."""
 
     def __init__(self):
         self._counters = Counters()

@@ -100,6 +100,7 @@ class VLLMEngine(Engine):
             **engine_args,
         )
         self._processes = set(multiprocessing.active_children()) - before
+        self.max_model_len = self._llm.llm_engine.model_config.max_model_len
         self._tokenizer = self._llm.get_tokenizer()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False

@@ -74,9 +74,10 @@ class ScriptedEngine(Engine):
 
     name = "scripted"
 
-    def __init__(self, script: Script, tokenizer=None):
+    def __init__(self, script: Script, tokenizer=None, max_model_len: int | None = None):
         super().__init__()
         self.script = script
+        self.max_model_len = max_model_len
         self._tokenizer = tokenizer or CharTokenizer()
         self.prompts: list[str] = []
         """Every prompt received, in order (for assertions)."""

@@ -1,0 +1,80 @@
+"""The batched GenPRM verifier against upstream's order, on the same ProcessBench rows with the
+same vLLM CPU engine, in one run.
+
+(a) batched: ``GenPRMVerifier.score_many``, every solution and step in flight at once;
+(b) upstream's order: one solution at a time, one step at a time (``concurrency=1``).
+Both use the embedded model, ``cot+code`` with the sandbox, Maj@N, the same seed and stop at the
+first wrong step, as ProcessBench does. Printed: wall time and generated tokens of each, the
+ratio (b)/(a) (target >= 3x), and the share of (a)'s wall time the engine was busy
+(``engine.counters``; target: orchestration and the sandbox add <= 10% over the engine's own
+time). A few minutes on 2 cores with the defaults:
+
+    .venv-vllm/bin/python bench/bench_verifier.py [--rows 1] [--budget 64] [--maj 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from eval.processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
+from genprm.backends import make_engine
+from genprm.sandbox import Sandbox
+from genprm.verifier import GenPRMVerifier
+
+TARGET_RATIO = 3.0
+OVERHEAD_GOAL = 0.10
+
+
+def timed(verifier: GenPRMVerifier, engine, items) -> tuple[float, float, int, int]:
+    """Wall seconds, engine-busy seconds, generated tokens and steps scored."""
+    before = engine.counters
+    started = time.perf_counter()
+    results = verifier.score_many(items, stop_at_first_error=True)
+    wall = time.perf_counter() - started
+    after = engine.counters
+    steps = sum(len(result.rewards) for result in results)
+    tokens = after.generated_tokens - before.generated_tokens
+    return wall, after.wall_s - before.wall_s, tokens, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1, help="the first N rows of each split")
+    parser.add_argument("--budget", type=int, default=64, help="assistant tokens per step")
+    parser.add_argument("--maj", type=int, default=1)
+    args = parser.parse_args()
+
+    rows = load_splits(DEFAULT_DATA_DIR, SPLITS, args.rows)
+    items = [(row.problem, row.steps) for split in rows.values() for row in split]
+    engine = make_engine("vllm", enforce_eager=True, dtype="float32", max_model_len=4096)
+    try:
+        with Sandbox(workers=2) as sandbox:
+            settings = dict(maj=args.maj, budget=args.budget, seed=0)
+            batched = GenPRMVerifier(engine, sandbox, **settings)
+            one_by_one = GenPRMVerifier(engine, sandbox, concurrency=1, **settings)
+            timed(batched, engine, items[:1])  # warm-up: compiled kernels, sandbox workers
+            ours = timed(batched, engine, items)
+            theirs = timed(one_by_one, engine, items)
+    finally:
+        engine.close()
+
+    print(f"{len(items)} solutions ({args.rows} per split), budget {args.budget}, Maj@{args.maj}")
+    for name, (wall, busy, tokens, steps) in (("batched", ours), ("upstream's order", theirs)):
+        print(
+            f"  {name:17} {wall:7.1f} s   {steps:4d} steps   {tokens:6d} tokens"
+            f"   {tokens / wall:6.1f} tokens/s   engine busy {busy / wall:5.1%}"
+        )
+    ratio = theirs[0] / ours[0]
+    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
+    print(f"upstream's order / batched, wall time: {ratio:.2f}x -- {verdict} the 3x target")
+    overhead = ours[0] / ours[1] - 1 if ours[1] else float("inf")
+    verdict = "meets" if overhead <= OVERHEAD_GOAL else "misses"
+    print(
+        f"batched: wall time over engine-busy time {overhead:+.1%} -- {verdict} the goal of"
+        f" at most +{OVERHEAD_GOAL:.0%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""``genprm-eval``: evaluate verifiers.
+
+    genprm-eval processbench --engine vllm --model GenPRM/GenPRM-7B --maj 8 \\
+        --prompt-style upstream --tp 4 --out runs/genprm-7b
+    genprm-eval processbench --engine openai --base-url http://node1:8000/v1 --out runs/x
+    genprm-eval processbench --verifier critic --critic-samples 8 --out runs/critic
+    genprm-eval processbench --predictions elsewhere.jsonl --out runs/scored
+
+Without ``--model`` the vllm engine runs the embedded SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from genprm.backends import EngineError
+from genprm.cli import add_engine_arguments, engine_from_args
+from genprm.verifier import BUDGET, HISTORIES, MODES, PROMPT_STYLES, GenPRMVerifier
+
+from .processbench import runner
+from .processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
+from .processbench.metrics import score_predictions
+from .processbench.report import write_report
+
+SAMPLE_ROWS = 20  # solutions whose rationales go to W&B
+
+
+def processbench_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "processbench",
+        help="score a verifier on ProcessBench (F1 of the first wrong step per split)",
+        description="Score a GenPRM checkpoint (or a critic LLM, or existing predictions) on "
+        "ProcessBench: predictions.jsonl, metrics.json, report.md and f1_per_split.png in --out.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="folder of {split}.jsonl, or a Hugging Face dataset id (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--splits", default=",".join(SPLITS), help="comma-separated (default: %(default)s)"
+    )
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--limit", type=int, help="the first N rows of each split")
+    rows.add_argument(
+        "--sample",
+        type=int,
+        help="N rows of each split, evenly spaced (each split lists its erroneous solutions "
+        "first: a --limit slice has no correct one)",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        help="score this JSONL of {id, prediction} (no model); missing ids count as wrong",
+    )
+    parser.add_argument("--verifier", choices=("genprm", "critic"), default="genprm")
+    parser.add_argument("--maj", type=int, default=1, help="genprm: Maj@N samples per step")
+    parser.add_argument("--mode", choices=MODES, default="cot+code", help="genprm")
+    parser.add_argument("--history", choices=HISTORIES, default="shared", help="genprm")
+    parser.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        default="train",
+        help="genprm: train (our checkpoints) or upstream (released GenPRM checkpoints)",
+    )
+    parser.add_argument(
+        "--budget", type=int, default=BUDGET, help="genprm: assistant tokens per step"
+    )
+    parser.add_argument("--critic-samples", type=int, default=1, help="critic: 1 greedy, 8 maj")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="critic: tokens per answer")
+    parser.add_argument("--concurrency", type=int, default=64, help="solutions in flight")
+    parser.add_argument(
+        "--sandbox-workers", type=int, default=os.cpu_count() or 2, help="genprm cot+code"
+    )
+    parser.add_argument("--bwrap", action="store_true", help="run the sandbox in bubblewrap")
+    parser.add_argument("--wandb-project", help="log metrics, the plot and sample rationales")
+    add_engine_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genprm-eval", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    processbench = processbench_parser(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        rows = load_splits(args.data_dir, _splits(args.splits), args.limit)
+        if args.sample is not None:
+            rows = {
+                split: evenly_spaced(split_rows, args.sample) for split, split_rows in rows.items()
+            }
+    except (OSError, ValueError) as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 2
+    if args.predictions:
+        return _score_file(args, rows)
+    return _evaluate(processbench, args, rows)
+
+
+def evenly_spaced(rows: list, count: int) -> list:
+    """``count`` of ``rows`` at even intervals, in order.
+
+    >>> evenly_spaced(list(range(10)), 4)
+    [0, 2, 5, 7]
+    """
+    if count < 1:
+        raise ValueError(f"--sample must be at least 1, got {count}")
+    if count >= len(rows):
+        return list(rows)
+    return [rows[index * len(rows) // count] for index in range(count)]
+
+
+def _splits(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _score_file(args, rows) -> int:
+    try:
+        metrics, problems = score_predictions(args.predictions, rows)
+    except (OSError, ValueError) as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 2
+    notes = []
+    if problems["missing"]:
+        notes.append(f"{problems['missing']} ids have no prediction (counted wrong)")
+    if problems["unknown"]:
+        shown = ", ".join(problems["unknown"][:10])
+        notes.append(f"{len(problems['unknown'])} ids are not in the data (not scored): {shown}")
+    settings = {"predictions": str(args.predictions), **_data_settings(args)}
+    write_report(args.out, metrics, rows, settings, f"predictions from {args.predictions}", notes)
+    for note in notes:
+        print(f"genprm-eval: {note}", file=sys.stderr)
+    _finish(args, metrics, settings)
+    return 0
+
+
+def _data_settings(args) -> dict:
+    return {
+        "data": args.data_dir,
+        "splits": _splits(args.splits),
+        "limit": args.limit,
+        "sample": args.sample,
+    }
+
+
+def _evaluate(parser, args, rows) -> int:
+    settings = {
+        "verifier": args.verifier,
+        "engine": args.engine,
+        "model": args.model,
+        **_data_settings(args),
+    }
+    if args.verifier == "genprm":
+        settings.update(
+            maj=args.maj,
+            mode=args.mode,
+            history=args.history,
+            prompt_style=args.prompt_style,
+            budget=args.budget,
+        )
+    else:
+        settings.update(critic_samples=args.critic_samples, max_tokens=args.max_tokens)
+    try:
+        done = runner.start(args.out, settings)
+    except (OSError, ValueError) as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 2
+    pending = [row for split_rows in rows.values() for row in split_rows if row.id not in done]
+    if done:
+        print(f"genprm-eval: {len(done)} solutions already in {args.out}", file=sys.stderr)
+    if pending:
+        # vLLM logs to stdout by default; keep it for the table.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        try:
+            status = _score_pending(parser, args, pending)
+        except EngineError as error:
+            print(f"genprm-eval: {error}", file=sys.stderr)
+            print("genprm-eval: rerun the same command to continue", file=sys.stderr)
+            return 1
+        if status:
+            return status
+    title = f"{args.verifier} {args.model or 'embedded model'}"
+    metrics = runner.finish(args.out, rows, settings, title)
+    _finish(args, metrics, settings)
+    return 0
+
+
+def _score_pending(parser, args, pending) -> int:
+    from tqdm import tqdm
+
+    engine = engine_from_args(parser, args)
+    sandbox = None
+    try:
+        write = runner.appender(args.out / runner.PREDICTIONS)
+        bar = tqdm(total=len(pending), unit="solution", desc="processbench", file=sys.stderr)
+        steps = 0
+
+        def progress(scored_steps: int) -> None:
+            nonlocal steps
+            steps += scored_steps
+            bar.update(1)
+            bar.set_postfix(steps=steps)
+
+        started = time.monotonic()
+        if args.verifier == "critic":
+            coroutine = runner.run_critic(
+                engine, pending, write, progress,
+                args.critic_samples, args.max_tokens, args.concurrency,
+            )  # fmt: skip
+        else:
+            if args.mode == "cot+code":
+                from genprm.sandbox import Sandbox
+
+                sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
+            verifier = GenPRMVerifier(
+                engine, sandbox, maj=args.maj, mode=args.mode, history=args.history,
+                prompt_style=args.prompt_style, budget=args.budget, concurrency=args.concurrency,
+            )  # fmt: skip
+            coroutine = runner.run_genprm(verifier, pending, write, progress)
+        asyncio.run(coroutine)
+        bar.close()
+        counters = engine.counters
+        wall = time.monotonic() - started
+        busy = counters.wall_s / wall if wall else 0.0
+        print(
+            f"genprm-eval: {len(pending)} solutions, {steps} steps in {wall:.1f} s; "
+            f"{counters.requests} requests, {counters.generated_tokens} tokens, "
+            f"engine busy {busy:.0%} of the time",
+            file=sys.stderr,
+        )
+    finally:
+        if sandbox is not None:
+            sandbox.close()
+        engine.close()
+    return 0
+
+
+def _finish(args, metrics: dict, settings: dict) -> None:
+    """Print the table and where the report is; log to W&B when asked."""
+    print(f"{'split':15} {'n':>5} {'acc_err':>8} {'acc_corr':>8} {'F1':>6}")
+    for split, values in metrics["splits"].items():
+        print(
+            f"{split:15} {values['n']:5d} {values['acc_err']:8.1f} {values['acc_corr']:8.1f}"
+            f" {values['f1']:6.1f}"
+        )
+    print(f"{'average F1':15} {'':5} {'':8} {'':8} {metrics['average_f1']:6.1f}")
+    print(f"report: {args.out / 'report.md'}  plot: {args.out / 'f1_per_split.png'}")
+    if args.wandb_project:
+        _log_to_wandb(args, metrics, settings)
+
+
+def _log_to_wandb(args, metrics: dict, settings: dict) -> None:
+    import wandb
+
+    run = wandb.init(project=args.wandb_project, config=settings, dir=str(args.out))
+    try:
+        flat = {f"{split}/{k}": v for split, m in metrics["splits"].items() for k, v in m.items()}
+        run.log({**flat, "average_f1": metrics["average_f1"]})
+        run.log({"f1_per_split": wandb.Image(str(args.out / "f1_per_split.png"))})
+        predictions = args.out / runner.PREDICTIONS
+        if predictions.exists():
+            table = wandb.Table(columns=["id", "split", "label", "prediction", "step", "turn"])
+            lines = predictions.read_text(encoding="utf-8").splitlines()
+            for line in lines[:SAMPLE_ROWS]:
+                record = json.loads(line)
+                for step, turn in enumerate(record.get("turns") or record.get("critiques") or []):
+                    table.add_data(
+                        record["id"], record["split"], record["label"], record["prediction"],
+                        step, turn,
+                    )  # fmt: skip
+            run.log({"sample_rationales": table})
+    finally:
+        run.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ProcessBench: load the four splits, score earliest-error predictions, write the report."""

@@ -1,0 +1,124 @@
+"""One ProcessBench run: every row through a verifier (GenPRM or a critic LLM), one line per
+finished solution appended to ``predictions.jsonl``, then the report.
+
+A rerun of the same command resumes: the finished ids are skipped (a torn last line, from a
+kill in the middle of a write, is cut off), and a run with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from genprm.paths import write_atomically
+
+from .critic import critic_verdict
+from .data import Row
+from .metrics import read_predictions, score
+from .report import write_report
+
+PREDICTIONS = "predictions.jsonl"
+SETTINGS = "settings.json"
+
+
+class ResumeError(ValueError):
+    """The output folder holds a run with other settings, or an unreadable one."""
+
+
+def finished_ids(out: Path, settings: dict) -> set[str]:
+    """The ids already in ``out/predictions.jsonl``, once ``out/settings.json`` shows that it
+    was written with ``settings``."""
+    predictions = out / PREDICTIONS
+    if not predictions.exists() or predictions.stat().st_size == 0:
+        return set()
+    try:
+        recorded = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ResumeError(
+            f"cannot resume {predictions}: no readable {SETTINGS} beside it "
+            f"({type(error).__name__}); delete the folder or choose another --out"
+        ) from None
+    changed = [
+        f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in settings.items() if recorded.get(k) != v
+    ]
+    if changed:
+        raise ResumeError(
+            f"refusing to resume {out}: the settings changed ({', '.join(changed)}); "
+            "delete the folder or choose another --out"
+        )
+    data = predictions.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete != len(data):
+        os.truncate(predictions, complete)
+    return set(read_predictions(predictions))
+
+
+def prediction_line(row: Row, prediction: int | None, **extra) -> bytes:
+    record = {"id": row.id, "split": row.split, "label": row.label, "prediction": prediction}
+    return (json.dumps({**record, **extra}, ensure_ascii=False) + "\n").encode()
+
+
+async def run_genprm(verifier, rows: list[Row], write: Callable[[bytes], None], progress) -> None:
+    """Score ``rows`` with a :class:`genprm.verifier.GenPRMVerifier`, all in flight at once."""
+
+    def finished(index: int, result) -> None:
+        extra = {"step_rewards": result.rewards, "turns": result.turns}
+        if result.error is not None:
+            extra["error"] = result.error
+        write(prediction_line(rows[index], result.prediction, **extra))
+        progress(len(result.rewards))
+
+    items = [(row.problem, row.steps) for row in rows]
+    await verifier.ascore_many(items, stop_at_first_error=True, on_result=finished)
+
+
+async def run_critic(
+    engine, rows: list[Row], write, progress, samples: int, max_tokens: int, concurrency: int
+) -> None:
+    """Score ``rows`` with the critic-LLM baseline (spec/processbench.md)."""
+    bound = asyncio.Semaphore(concurrency)
+
+    async def one(row: Row) -> None:
+        async with bound:
+            verdict = await critic_verdict(engine, row.problem, row.steps, samples, max_tokens)
+        write(prediction_line(row, verdict.prediction, critiques=verdict.samples))
+        progress(len(row.steps))
+
+    await asyncio.gather(*(one(row) for row in rows))
+
+
+def appender(path: Path) -> Callable[[bytes], None]:
+    """Append whole lines with one write each, so that a kill leaves at most a torn last line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(line: bytes) -> None:
+        os.write(fd, line)
+
+    return write
+
+
+def start(out: Path, settings: dict) -> set[str]:
+    """Prepare ``out`` for a run with ``settings``; the ids already finished there."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = finished_ids(out, settings)
+    write_atomically(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
+    return done
+
+
+def finish(out: Path, rows: dict[str, list[Row]], settings: dict, title: str) -> dict:
+    """Score ``out/predictions.jsonl`` against ``rows`` and write the report; the metrics."""
+    predictions = read_predictions(out / PREDICTIONS)
+    metrics = score(rows, predictions)
+    failed = [
+        line["id"]
+        for line in map(json.loads, (out / PREDICTIONS).read_text(encoding="utf-8").splitlines())
+        if line.get("error")
+    ]
+    notes = []
+    if failed:
+        notes.append(f"{len(failed)} solutions could not be scored (counted wrong): see `error`")
+    write_report(out, metrics, rows, settings, title, notes)
+    return metrics

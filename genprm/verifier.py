@@ -1,0 +1,390 @@
+"""The GenPRM verifier (spec §3): a reward per solution step from a generative PRM, with the
+Python it writes executed in the sandbox and Maj@N, batched.
+
+>>> from genprm.sandbox import Sandbox
+>>> from genprm.verifier import GenPRMVerifier
+>>> # verifier = GenPRMVerifier(engine, Sandbox(), maj=8)
+>>> # verifier.score(problem, steps).rewards     # one reward in [0, 1] per step
+
+Every solution is a coroutine, and so is every sample path within it: step t of every solution
+and every Maj@N sample is in flight at once (over ``engine.agenerate`` and ``sandbox.arun``),
+samples that share a prompt go as one request with ``n`` of them, and a shared history keeps one
+prefix per step for the engine's prefix cache. Upstream scored one solution per process, one
+step and one sample at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .backends.types import Engine, Prompt, Request, Sample, SamplingParams
+from .format import (
+    ANALYZE_END,
+    ANALYZE_PREFIX,
+    CODE_NOT_FOUND,
+    NO,
+    OUTPUT_END,
+    OUTPUT_PREFIX,
+    SYSTEM_COT,
+    SYSTEM_DIRECT,
+    VERIFY_PREFIX,
+    YES,
+    code_output_text,
+    first_user_content,
+)
+
+MODES = ("cot+code", "cot", "direct")
+HISTORIES = ("shared", "independent")
+PROMPT_STYLES = ("train", "upstream")
+# Sampling everywhere (spec §3): upstream's settings; repetition_penalty 1.0 is the default.
+TEMPERATURE, TOP_P, TOP_K, LOGPROBS = 0.6, 0.95, 20, 20
+BUDGET = 2048  # assistant tokens per turn (the prompt does not count)
+MAX_VERIFY_ROUNDS = 3  # upstream's time_limit: every verify request counts
+JUDGEMENT_TOKENS = 20  # what the fallback (and direct mode) may generate after OUTPUT_PREFIX
+VERIFY_STOPS = ("\n```\n", OUTPUT_END)
+WRONG_BELOW = 0.5  # a step whose reward is below this is wrong; fixed, never tuned
+# Upstream's code extraction: the last python block of the turn, stripped.
+CODE_BLOCK = re.compile(r"```python\s*(.*?)\s*```", re.DOTALL)
+# A judgement in the output section: \boxed{Yes}, also \boxed{\text{No}} and any case.
+_JUDGEMENT = re.compile(r"\\boxed\{\s*(?:\\(?:text|textbf|mathrm)\{\s*)?(yes|no)\b", re.IGNORECASE)
+# Stands for the assistant content when the training rendering is cut before it.
+_PLACEHOLDER = "GENPRM-ASSISTANT-CONTENT-8f3c"
+
+
+@dataclass(frozen=True)
+class VerifierResult:
+    """One solution's scores. ``prediction``: the first step whose reward is below 0.5, -1 when
+    there is none, None when the solution could not be scored (``error`` says why)."""
+
+    rewards: list[float]
+    prediction: int | None
+    turns: list[str]
+    """The history's assistant turns (sample path 0), one per scored step."""
+    error: str | None = None
+
+
+class ContextTooLong(ValueError):
+    """A prompt does not fit the model's context: that solution cannot be scored."""
+
+
+@dataclass
+class _Turn:
+    """One sampled assistant turn: its text, reward and the code it executed, in order."""
+
+    text: str
+    reward: float
+    executed: list[str] = field(default_factory=list)
+
+
+class GenPRMVerifier:
+    """Scores solutions step by step with a GenPRM checkpoint behind any genprm engine.
+
+    ``mode``: ``"cot+code"`` (analyze, verify with executed code, judge), ``"cot"`` (analyze,
+    judge) or ``"direct"`` (judge only, SYSTEM_DIRECT). ``history``: Maj@N samples of step t
+    continue ``"shared"`` history (path 0's turns, what upstream ran) or each its
+    ``"independent"`` one. ``prompt_style``: ``"train"`` (the text training puts before an
+    assistant turn, sent as token ids) or ``"upstream"`` (the released code's rendering, sent as
+    text: no assistant tag, and the engine adds a second BOS), for released checkpoints.
+    ``concurrency`` bounds the solutions in flight. ``seed`` goes with every request: the same
+    prompts then give the same samples, however they are batched (benchmarks compare runs).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        sandbox=None,
+        maj: int = 1,
+        mode: str = "cot+code",
+        history: str = "shared",
+        prompt_style: str = "train",
+        budget: int = BUDGET,
+        concurrency: int = 64,
+        seed: int | None = None,
+    ):
+        for name, value, allowed in (
+            ("mode", mode, MODES),
+            ("history", history, HISTORIES),
+            ("prompt_style", prompt_style, PROMPT_STYLES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if maj < 1 or budget < 1 or concurrency < 1:
+            raise ValueError("maj, budget and concurrency must be at least 1")
+        if mode == "cot+code" and sandbox is None:
+            raise ValueError('mode "cot+code" executes code: pass a genprm.sandbox.Sandbox')
+        self.engine, self.sandbox = engine, sandbox
+        self.maj, self.mode, self.history, self.prompt_style = maj, mode, history, prompt_style
+        self.budget, self.concurrency, self.seed = budget, concurrency, seed
+        self.tokenizer = engine.tokenizer
+        self.max_model_len: int | None = getattr(engine, "max_model_len", None)
+        self._yes = self._first_token(YES)
+        self._no = self._first_token(NO)
+
+    # -- public API ----------------------------------------------------------------------
+
+    def score(self, problem: str, steps: Sequence[str]) -> VerifierResult:
+        """Every step of one solution."""
+        return self.score_many([(problem, steps)], stop_at_first_error=False)[0]
+
+    def score_many(
+        self, items, stop_at_first_error: bool = True, on_result: Callable | None = None
+    ) -> list[VerifierResult]:
+        """``(problem, steps)`` pairs, all in flight at once; results in order. With
+        ``stop_at_first_error`` (ProcessBench) the steps after the first wrong one are not
+        scored. ``on_result(index, result)`` is called as each solution finishes. From inside
+        a running event loop, await :meth:`ascore_many` instead."""
+        return asyncio.run(self.ascore_many(items, stop_at_first_error, on_result))
+
+    async def ascore_many(
+        self, items, stop_at_first_error: bool = True, on_result: Callable | None = None
+    ) -> list[VerifierResult]:
+        bound = asyncio.Semaphore(self.concurrency)
+
+        async def one(index: int, problem: str, steps: Sequence[str]) -> VerifierResult:
+            async with bound:
+                result = await self.ascore(problem, steps, stop_at_first_error)
+            if on_result is not None:
+                on_result(index, result)
+            return result
+
+        return list(await asyncio.gather(*(one(i, p, s) for i, (p, s) in enumerate(items))))
+
+    async def ascore(
+        self, problem: str, steps: Sequence[str], stop_at_first_error: bool = False
+    ) -> VerifierResult:
+        steps = list(steps)
+        if not steps:
+            raise ValueError("a solution needs at least one step")
+        paths = self.maj if self.history == "independent" else 1
+        histories: list[list[_Turn]] = [[] for _ in range(paths)]
+        rewards: list[float] = []
+        for t in range(1, len(steps) + 1):
+            try:
+                turns = await self._step(problem, steps, t, histories)
+            except ContextTooLong as error:
+                return VerifierResult(rewards, None, [h.text for h in histories[0]], str(error))
+            rewards.append(sum(turn.reward for turn in turns) / len(turns))
+            for index, history in enumerate(histories):
+                history.append(turns[index])
+            if stop_at_first_error and rewards[-1] < WRONG_BELOW:
+                break
+        return VerifierResult(rewards, first_wrong(rewards), [turn.text for turn in histories[0]])
+
+    # -- one step ------------------------------------------------------------------------
+
+    async def _step(self, problem, steps, t: int, histories: list[list[_Turn]]) -> list[_Turn]:
+        """The ``maj`` sampled turns for step ``t`` (1-based); path i continues history i (all
+        of them history 0 when it is shared)."""
+        contexts = [self._context(problem, steps, t, history) for history in histories]
+        path_context = [contexts[i if len(contexts) > 1 else 0] for i in range(self.maj)]
+        path_history = [histories[i if len(histories) > 1 else 0] for i in range(self.maj)]
+        start = OUTPUT_PREFIX if self.mode == "direct" else ANALYZE_PREFIX.format(t=t)
+        if self.mode == "direct":
+            params = _params(JUDGEMENT_TOKENS, (OUTPUT_END,))
+        else:
+            params = _params(self.budget, (ANALYZE_END,))
+        firsts = await self._grouped(path_context, start, params, t)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._finish(path_context[i], start, firsts[i], path_history[i], t)
+                    for i in range(self.maj)
+                )
+            )
+        )
+
+    async def _grouped(self, contexts: list[str], start: str, params, t: int) -> list[Sample]:
+        """One request per distinct context, with ``n`` = the paths that share it."""
+        groups: dict[str, list[int]] = {}
+        for index, context in enumerate(contexts):
+            groups.setdefault(context, []).append(index)
+        samples: list[Sample | None] = [None] * len(contexts)
+
+        async def ask(context: str, members: list[int]) -> None:
+            request = self._request(context, start, _with(params, n=len(members)), t)
+            completion = await self.engine.agenerate(request)
+            for member, sample in zip(members, completion.samples, strict=True):
+                samples[member] = sample
+
+        await asyncio.gather(*(ask(context, members) for context, members in groups.items()))
+        return samples
+
+    async def _finish(
+        self, context: str, start: str, first: Sample, history: list[_Turn], t: int
+    ) -> _Turn:
+        """The rest of one path's turn after its first request (spec §3 steps 2-4)."""
+        if self.mode == "direct":
+            return _Turn(start + first.text, self._reward(start, first))
+        analysis = first.text
+        if self.mode == "cot":
+            text = start + analysis + OUTPUT_PREFIX
+            remaining = self.budget - self._count(text)
+            if remaining <= 0:
+                return await self._fallback(context, start, analysis, t, [])
+            final = await self._generate(context, text, _params(remaining, (OUTPUT_END,)), t)
+            return _Turn(text + final.text, self._reward(text, final))
+        executed: list[str] = []
+        prelude = [block for turn in history for block in turn.executed]
+        text = start + analysis + VERIFY_PREFIX
+        for _ in range(MAX_VERIFY_ROUNDS):
+            remaining = self.budget - self._count(text)
+            if remaining <= 0:
+                break
+            chunk = await self._generate(context, text, _params(remaining, VERIFY_STOPS), t)
+            if chunk.text.endswith(OUTPUT_END):
+                return _Turn(text + chunk.text, self._reward(text, chunk), executed)
+            text += chunk.text
+            blocks = CODE_BLOCK.findall(text)
+            if blocks:
+                code = blocks[-1].strip()
+                result = await self.sandbox.arun(code, prelude=prelude + executed)
+                executed.append(code)
+                feedback = result.feedback
+            else:
+                feedback = CODE_NOT_FOUND
+            text += code_output_text(feedback)
+        return await self._fallback(context, start, analysis, t, executed)
+
+    async def _fallback(
+        self, context: str, start: str, analysis: str, t: int, executed: list[str]
+    ) -> _Turn:
+        """Rounds or budget ran out: the verify section is dropped and the judgement asked for
+        right after the analysis."""
+        text = start + analysis.split(ANALYZE_END.rstrip("\n"))[0] + ANALYZE_END + OUTPUT_PREFIX
+        final = await self._generate(context, text, _params(JUDGEMENT_TOKENS, (OUTPUT_END,)), t)
+        return _Turn(text + final.text, self._reward(text, final), executed)
+
+    async def _generate(self, context: str, assistant: str, params, t: int) -> Sample:
+        completion = await self.engine.agenerate(self._request(context, assistant, params, t))
+        return completion.samples[0]
+
+    # -- prompts -------------------------------------------------------------------------
+
+    def _context(self, problem: str, steps: list[str], t: int, history: list[_Turn]) -> str:
+        """The rendered conversation before the assistant text of step ``t``."""
+        system = SYSTEM_DIRECT if self.mode == "direct" else SYSTEM_COT
+        messages = [{"role": "system", "content": system}]
+        for index in range(t):
+            content = first_user_content(problem, steps[0]) if index == 0 else steps[index]
+            messages.append({"role": "user", "content": content})
+            if index < t - 1:
+                messages.append({"role": "assistant", "content": history[index].text})
+        if self.prompt_style == "upstream":
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=False
+            )
+            eos = self.tokenizer.eos_token
+            for ending in (f"{eos}\n", eos):
+                if eos and text.endswith(ending):
+                    return text[: -len(ending)]
+            return text
+        messages.append({"role": "assistant", "content": _PLACEHOLDER})
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=False
+        )
+        if text.count(_PLACEHOLDER) != 1:
+            raise ValueError("the chat template does not render an assistant turn's content as is")
+        return text[: text.index(_PLACEHOLDER)]
+
+    def _request(self, context: str, assistant: str, params: SamplingParams, t: int) -> Request:
+        prompt: Prompt
+        if self.prompt_style == "upstream":
+            prompt = context + assistant  # as text: the engine adds its BOS, as upstream's did
+            length = len(self.tokenizer.encode(prompt))
+        else:
+            prompt = self.tokenizer.encode(context + assistant, add_special_tokens=False)
+            length = len(prompt)
+        if self.max_model_len is not None:
+            room = self.max_model_len - length
+            if room < 1:
+                raise ContextTooLong(
+                    f"step {t}: the prompt takes {length} tokens, more than the model's"
+                    f" context of {self.max_model_len}"
+                )
+            params = _with(params, max_tokens=min(params.max_tokens, room))
+        if self.seed is not None:
+            params = _with(params, seed=self.seed)
+        return Request(prompt, params)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _first_token(self, word: str) -> int:
+        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"the tokenizer encodes {word!r} to no tokens")
+        return ids[0]
+
+    # -- reward --------------------------------------------------------------------------
+
+    def _reward(self, before: str, final: Sample) -> float:
+        """p(Yes) / (p(Yes) + p(No)) at the generated token where the judgement after
+        ``\\boxed{`` starts (the first token after the brace, for ``\\boxed{Yes}``); 0.5
+        without a Yes/No judgement; 1/0 from the text without logprobs, or where neither
+        word's token is among the position's top log-probabilities."""
+        text = before + final.text
+        judgements = [m for m in _JUDGEMENT.finditer(text) if m.start(1) >= len(before)]
+        if not judgements:
+            return 0.5
+        word = judgements[-1]
+        hard = 1.0 if word[1].lower() == "yes" else 0.0
+        if final.logprobs is None:
+            return hard
+        position = self._token_at(final.token_ids, word.start(1) - len(before))
+        if position is None or position >= len(final.logprobs):
+            return hard
+        candidates = final.logprobs[position].top
+        found = {}
+        for candidate in candidates:
+            for name, token_id in (("yes", self._yes), ("no", self._no)):
+                if candidate.token_id == token_id or (
+                    candidate.token_id is None
+                    and candidate.token == self.tokenizer.decode([token_id])
+                ):
+                    found.setdefault(name, math.exp(candidate.logprob))
+        if not found:
+            return hard
+        smallest = min(math.exp(candidate.logprob) for candidate in candidates)
+        yes, no = found.get("yes", smallest), found.get("no", smallest)
+        return yes / (yes + no) if yes + no > 0 else 0.5
+
+    def _token_at(self, token_ids: list[int], offset: int) -> int | None:
+        """The index of the generated token in which character ``offset`` of the generated
+        text starts (decoding prefixes, so that multi-byte tokens count right)."""
+        low, high = 0, len(token_ids)
+        while low < high:  # the first k whose decoded prefix reaches past offset
+            middle = (low + high) // 2
+            if len(self.tokenizer.decode(token_ids[: middle + 1])) > offset:
+                high = middle
+            else:
+                low = middle + 1
+        return low if low < len(token_ids) else None
+
+
+def first_wrong(rewards: Sequence[float]) -> int:
+    """The first step whose reward is below 0.5, or -1.
+
+    >>> first_wrong([0.9, 0.7, 0.2, 0.1]), first_wrong([0.5, 0.99])
+    (2, -1)
+    """
+    return next((index for index, reward in enumerate(rewards) if reward < WRONG_BELOW), -1)
+
+
+def _params(max_tokens: int, stop: tuple[str, ...]) -> SamplingParams:
+    return SamplingParams(
+        temperature=TEMPERATURE,
+        top_p=TOP_P,
+        top_k=TOP_K,
+        max_tokens=max_tokens,
+        stop=stop,
+        include_stop_str_in_output=True,
+        logprobs=LOGPROBS,
+    )
+
+
+def _with(params: SamplingParams, **changes) -> SamplingParams:
+    return SamplingParams(**{**vars(params), **changes})
