@@ -57,7 +57,7 @@ model: venv
 # embedded model on a MATH slice it never saw (direct mode, as it was trained), with vLLM on CPU.
 DEMO_EVAL_ROWS ?= 40
 DEMO_EVAL := genprm-eval processbench --engine vllm --enforce-eager --dtype float32 \
-	--mode direct --splits math --sample $(DEMO_EVAL_ROWS)
+	--mode direct --data-dir $(PROCESSBENCH) --splits math --sample $(DEMO_EVAL_ROWS)
 
 demo: model venv-vllm
 	$(BIN)/genprm-convert $(PROCESSBENCH)/gsm8k.jsonl $(DEMO_DATA)
