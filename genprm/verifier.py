@@ -19,7 +19,7 @@ import asyncio
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .backends.types import Engine, Prompt, Request, Sample, SamplingParams
 from .format import (
@@ -205,7 +205,7 @@ class GenPRMVerifier:
         samples: list[Sample | None] = [None] * len(contexts)
 
         async def ask(context: str, members: list[int]) -> None:
-            request = self._request(context, start, _with(params, n=len(members)), t)
+            request = self._request(context, start, replace(params, n=len(members)), t)
             completion = await self.engine.agenerate(request)
             for member, sample in zip(members, completion.samples, strict=True):
                 samples[member] = sample
@@ -294,20 +294,19 @@ class GenPRMVerifier:
         prompt: Prompt
         if self.prompt_style == "upstream":
             prompt = context + assistant  # as text: the engine adds its BOS, as upstream's did
-            length = len(self.tokenizer.encode(prompt))
         else:
             prompt = self.tokenizer.encode(context + assistant, add_special_tokens=False)
-            length = len(prompt)
         if self.max_model_len is not None:
+            length = len(prompt) if isinstance(prompt, list) else len(self.tokenizer.encode(prompt))
             room = self.max_model_len - length
             if room < 1:
                 raise ContextTooLong(
                     f"step {t}: the prompt takes {length} tokens, more than the model's"
                     f" context of {self.max_model_len}"
                 )
-            params = _with(params, max_tokens=min(params.max_tokens, room))
+            params = replace(params, max_tokens=min(params.max_tokens, room))
         if self.seed is not None:
-            params = _with(params, seed=self.seed)
+            params = replace(params, seed=self.seed)
         return Request(prompt, params)
 
     def _count(self, text: str) -> int:
@@ -384,7 +383,3 @@ def _params(max_tokens: int, stop: tuple[str, ...]) -> SamplingParams:
         include_stop_str_in_output=True,
         logprobs=LOGPROBS,
     )
-
-
-def _with(params: SamplingParams, **changes) -> SamplingParams:
-    return SamplingParams(**{**vars(params), **changes})

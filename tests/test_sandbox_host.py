@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from genprm.sandbox import Sandbox, SandboxError, pool
-from genprm.sandbox.isolation import proc_stat
 from genprm.sandbox.uids import LOCK_DIR, UidRange, is_account
+from genprm.testing.processes import alive, live_pids_of
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -28,21 +28,6 @@ def run_python(program: str) -> subprocess.CompletedProcess:
         [sys.executable, "-c", program],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-
-
-def alive(pid: int) -> bool:
-    return (proc_stat(pid) or ("X",))[0] not in ("Z", "X")
-
-
-def pids_of(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid and alive(int(entry)):
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
 
 
 @pytest.fixture
@@ -293,7 +278,7 @@ def test_the_uid_sweep_spares_processes_of_uids_it_did_not_reserve(leased_uid, s
     assert out["pid_namespaces"] is False  # the sweep by uid did run
     uid = out["uid"]
     assert (out["result"]["status"], out["result"]["stdout"]) == ("ok", f"{uid}\n[{uid}]\n")
-    assert pids_of(out["uid"]) == [], "the escaped snippet process was not swept"
+    assert live_pids_of({out["uid"]}) == [], "the escaped snippet process was not swept"
     assert victim.poll() is None and alive(victim.pid), "the sweep killed a process not ours"
 
 
