@@ -20,7 +20,7 @@ export GENPRM_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 CPU_CONFIG := axolotl_configs/genprm-smollm2-cpu.yml
-DEMO_DATA := $(GENPRM_CACHE_DIR)/data/processbench-gsm8k-direct.jsonl
+DEMO_DATA := $(GENPRM_CACHE_DIR)/data/demo-train.jsonl
 
 .PHONY: venv venv-vllm bwrap model demo test bench clean
 
@@ -53,20 +53,44 @@ $(VLLM_VENV)/.installed: pyproject.toml
 model: venv
 	$(BIN)/genprm-model prepare
 
-# The demo trains on GSM8K, then evaluates the trained checkpoint and, beside it, the untrained
-# embedded model on a MATH slice it never saw (direct mode, as it was trained), with vLLM on CPU.
+# The demo synthesizes training data from a few GSM8K problems with the embedded model in every
+# role, trains on what survived the consensus filter (too little from a 135M model: it then says so
+# and trains on ProcessBench GSM8K's step labels, direct mode), then evaluates the trained
+# checkpoint and, beside it, the untrained embedded model on a MATH slice it never saw, in the
+# mode it was trained in, with vLLM on CPU.
+GSM8K ?= ../shared/data/gsm8k/test.jsonl
+SYNTH_CONFIG := configs/cpu-default.yml
+DEMO_SYNTH := outputs/demo-synth
+DEMO_SYNTH_PROBLEMS ?= 4
+DEMO_MIN_KEPT ?= 8
 DEMO_EVAL_ROWS ?= 40
 DEMO_EVAL := genprm-eval processbench --engine vllm --enforce-eager --dtype float32 \
-	--mode direct --data-dir $(PROCESSBENCH) --splits math --sample $(DEMO_EVAL_ROWS)
+	--data-dir $(PROCESSBENCH) --splits math --sample $(DEMO_EVAL_ROWS)
 
 demo: model venv-vllm
-	$(BIN)/genprm-convert $(PROCESSBENCH)/gsm8k.jsonl $(DEMO_DATA)
+	rm -rf $(DEMO_SYNTH) outputs/demo-eval $(GENPRM_CACHE_DIR)/prepared/smollm2-cpu
+	$(VLLM_BIN)/genprm-synth run $(SYNTH_CONFIG) --input $(GSM8K) \
+		--limit $(DEMO_SYNTH_PROBLEMS) --out $(DEMO_SYNTH)
+	@mkdir -p $(dir $(DEMO_DATA)); \
+	kept=$$(wc -l < $(DEMO_SYNTH)/export/conversations.jsonl); \
+	if [ $$kept -ge $(DEMO_MIN_KEPT) ]; then \
+		echo "make demo: training on the $$kept synthesized conversations (cot+code)"; \
+		cp $(DEMO_SYNTH)/export/conversations.jsonl $(DEMO_DATA); \
+		echo cot+code > $(DEMO_SYNTH)/trained-mode; \
+	else \
+		echo "make demo: $$kept synthesized conversations survived the consensus filter (fewer" \
+			"than $(DEMO_MIN_KEPT): a 135M judge rarely agrees with its own Monte Carlo labels);" \
+			"training on ProcessBench GSM8K's step labels instead (direct mode)"; \
+		$(BIN)/genprm-convert $(PROCESSBENCH)/gsm8k.jsonl $(DEMO_DATA); \
+		echo direct > $(DEMO_SYNTH)/trained-mode; \
+	fi
 	$(BIN)/axolotl preprocess $(CPU_CONFIG)
 	$(BIN)/axolotl train $(CPU_CONFIG)
 	$(BIN)/genprm-train-report outputs/genprm-smollm2-cpu
-	rm -rf outputs/demo-eval
-	$(VLLM_BIN)/$(DEMO_EVAL) --model outputs/genprm-smollm2-cpu --out outputs/demo-eval/trained
-	$(VLLM_BIN)/$(DEMO_EVAL) --out outputs/demo-eval/untrained
+	mode=$$(cat $(DEMO_SYNTH)/trained-mode); \
+	$(VLLM_BIN)/$(DEMO_EVAL) --mode $$mode --model outputs/genprm-smollm2-cpu \
+		--out outputs/demo-eval/trained && \
+	$(VLLM_BIN)/$(DEMO_EVAL) --mode $$mode --out outputs/demo-eval/untrained
 
 # Sandbox(bwrap=True) needs bubblewrap; its tests fail without it.
 bwrap:
@@ -88,6 +112,7 @@ bench: model venv-vllm bwrap
 	$(BIN)/python bench/bench_sandbox.py
 	$(VLLM_BIN)/python bench/bench_generation.py
 	$(VLLM_BIN)/python bench/bench_verifier.py
+	$(VLLM_BIN)/python bench/bench_rollout.py
 
 clean:
 	rm -rf outputs wandb last_run_prepared

@@ -53,6 +53,17 @@ CODE_ERROR = "Code execute Error: {exc_type}: {message}"
 CODE_TIMEOUT = "Code execute time out: Code execution timed out"
 CODE_NOT_FOUND = "Code format error: No code found."
 
+# §4 rationale synthesis: upstream's user turn (a str.format template: {problem} and
+# {solution_section}, the wrapped paragraphs joined by blank lines), the assistant prefix, the
+# generation stops, the final-conclusion text the judge continues and the judge's stop.
+RATIONALE_TEMPLATE = 'The following is the math problem and a solution (split into paragraphs, enclosed with tags and indexed from 1):\n[Math Problem]\n\n{problem}\n\n[Solution]\n\n{solution_section}\n\nYour task is to verify the correctness of paragraph in the solution.  Split your verification by `### Paragraph {{ID}}`. \n\nYour verification for each paragraph should be constructed by 2 parts, wrapped by `<analyze></analyze>` and `<verify></verify>` separately.\n\n1. in `<analyze>` part, you need to analyze the reasoning process and explain why the paragraph is correct or incorrect in detail. \n2. in `<verify>` part, you must write **Python code** in the form of ```python\n{{CODE}}\n``` to verify every details that can be verified by code. You can import PyPI (i.e., `sympy`, `scipy` and so on) to implement complicated calculation. Make sure to print the critic results in the code. Every code will be executed automatically by system. You need to analyze the `[Code Output]` after code executing.\n\n> Pay attention that you must follow the format of ```python\n{{CODE}}\n``` when you write the code, otherwise the code will not be executed.\n\nAfter all verifications, if you identify an error in a paragraph, return the **index of the paragraph where the earliest error occurs**. Otherwise, return the **index of -1 (which typically denotes "not found")**. Please put your final answer (i.e., the index) within box in the form of `$\\boxed{{INDEX}}$`.'
+RATIONALE_PARAGRAPH = "<paragraph_{k}>\n{text}\n</paragraph_{k}>"
+RATIONALE_PREFIX = "<think>\n### Paragraph 1\n<analyze>\n"
+THINK_END = "</think>"
+RATIONALE_STOPS = (CODE_CLOSE, THINK_END)
+FINAL_CONCLUSION = '</verify>\n### Final Conclusion\n\nAccording to the requirement, I need to return the **index of the paragraph where the earliest error occurs**. Otherwise, return the **index of -1 (which typically denotes "not found")**.\n\nANSWER: \\boxed'
+JUDGE_STOPS = ("}",)
+
 
 class FormatError(ValueError):
     """A record or turn that cannot be turned into (or read as) the GenPRM format."""

@@ -13,6 +13,7 @@ math-verify's own ``signal.alarm`` time-outs are switched off: the sandbox is th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import threading
@@ -94,6 +95,23 @@ def grade_answers(
         jobs = [(_snippet(*pairs[index]), ()) for index in pending]
         results = (sandbox or shared_sandbox()).run_many(jobs, timeout=timeout)
         for index, result in zip(pending, results):
+            grades[index] = _grade(result, timeout)
+    return grades
+
+
+async def agrade_answers(
+    pairs: list[tuple[str | None, str]],
+    sandbox: Sandbox | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> list[Grade]:
+    """:func:`grade_answers` for asyncio code: the pairs are graded concurrently on the
+    sandbox's workers (``sandbox.arun``) while the event loop goes on."""
+    grades: list[Grade | None] = [_trivial(pred, gold) for pred, gold in pairs]
+    pending = [index for index, grade in enumerate(grades) if grade is None]
+    if pending:
+        box = sandbox or await asyncio.to_thread(shared_sandbox)  # the first use starts it
+        runs = [box.arun(_snippet(*pairs[index]), timeout=timeout) for index in pending]
+        for index, result in zip(pending, await asyncio.gather(*runs)):
             grades[index] = _grade(result, timeout)
     return grades
 

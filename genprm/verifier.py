@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .backends.types import Engine, Prompt, Request, Sample, SamplingParams
+from .codeloop import CodeLoop, run_code_loop
 from .format import (
     ANALYZE_END,
     ANALYZE_PREFIX,
-    CODE_NOT_FOUND,
     NO,
     OUTPUT_END,
     OUTPUT_PREFIX,
@@ -33,7 +33,6 @@ from .format import (
     SYSTEM_DIRECT,
     VERIFY_PREFIX,
     YES,
-    code_output_text,
     first_user_content,
 )
 
@@ -45,10 +44,7 @@ TEMPERATURE, TOP_P, TOP_K, LOGPROBS = 0.6, 0.95, 20, 20
 BUDGET = 2048  # assistant tokens per turn (the prompt does not count)
 MAX_VERIFY_ROUNDS = 3  # upstream's time_limit: every verify request counts
 JUDGEMENT_TOKENS = 20  # what the fallback (and direct mode) may generate after OUTPUT_PREFIX
-VERIFY_STOPS = ("\n```\n", OUTPUT_END)
 WRONG_BELOW = 0.5  # a step whose reward is below this is wrong; fixed, never tuned
-# Upstream's code extraction: the last python block of the turn, stripped.
-CODE_BLOCK = re.compile(r"```python\s*(.*?)\s*```", re.DOTALL)
 # A judgement in the output section: \boxed{Yes}, also \boxed{\text{No}} and any case.
 _JUDGEMENT = re.compile(r"\\boxed\{\s*(?:\\(?:text|textbf|mathrm)\{\s*)?(yes|no)\b", re.IGNORECASE)
 # Stands for the assistant content when the training rendering is cut before it.
@@ -121,6 +117,12 @@ class GenPRMVerifier:
         self.budget, self.concurrency, self.seed = budget, concurrency, seed
         self.tokenizer = engine.tokenizer
         self.max_model_len: int | None = getattr(engine, "max_model_len", None)
+        self._verify_loop = CodeLoop(
+            finish=(OUTPUT_END,),
+            max_rounds=MAX_VERIFY_ROUNDS,
+            budget=budget,
+            execute_any_chunk=True,
+        )
         self._yes = self._first_token(YES)
         self._no = self._first_token(NO)
 
@@ -227,27 +229,20 @@ class GenPRMVerifier:
                 return await self._fallback(context, start, analysis, t, [])
             final = await self._generate(context, text, _params(remaining, (OUTPUT_END,)), t)
             return _Turn(text + final.text, self._reward(text, final))
-        executed: list[str] = []
         prelude = [block for turn in history for block in turn.executed]
-        text = start + analysis + VERIFY_PREFIX
-        for _ in range(MAX_VERIFY_ROUNDS):
-            remaining = self.budget - self._count(text)
-            if remaining <= 0:
-                break
-            chunk = await self._generate(context, text, _params(remaining, VERIFY_STOPS), t)
-            if chunk.text.endswith(OUTPUT_END):
-                return _Turn(text + chunk.text, self._reward(text, chunk), executed)
-            text += chunk.text
-            blocks = CODE_BLOCK.findall(text)
-            if blocks:
-                code = blocks[-1].strip()
-                result = await self.sandbox.arun(code, prelude=prelude + executed)
-                executed.append(code)
-                feedback = result.feedback
-            else:
-                feedback = CODE_NOT_FOUND
-            text += code_output_text(feedback)
-        return await self._fallback(context, start, analysis, t, executed)
+        outcome = await run_code_loop(
+            self._verify_loop,
+            start + analysis + VERIFY_PREFIX,
+            _params(self.budget, ()),
+            lambda text, params: self._generate(context, text, params, t),
+            self._count,
+            self.sandbox,
+            prelude,
+        )
+        if outcome.final is not None:
+            turn_text = outcome.text + outcome.final.text
+            return _Turn(turn_text, self._reward(outcome.text, outcome.final), outcome.executed)
+        return await self._fallback(context, start, analysis, t, outcome.executed)
 
     async def _fallback(
         self, context: str, start: str, analysis: str, t: int, executed: list[str]

@@ -283,9 +283,9 @@ def test_cpu_config(validate, monkeypatch):
     assert REPO_ROOT / cfg.base_model == default_model_path()
     [ds] = cfg.datasets
     assert ds["ds_type"] == "json"
-    assert ds["path"] == ".cache/genprm/data/processbench-gsm8k-direct.jsonl"
+    assert ds["path"] == ".cache/genprm/data/demo-train.jsonl"
     makefile = (REPO_ROOT / "Makefile").read_text()
-    assert "DEMO_DATA := $(GENPRM_CACHE_DIR)/data/processbench-gsm8k-direct.jsonl" in makefile
+    assert "DEMO_DATA := $(GENPRM_CACHE_DIR)/data/demo-train.jsonl" in makefile
     assert f"CPU_CONFIG := axolotl_configs/{CPU}" in makefile
 
 
