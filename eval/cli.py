@@ -5,6 +5,9 @@
     genprm-eval processbench --engine openai --base-url http://node1:8000/v1 --out runs/x
     genprm-eval processbench --verifier critic --critic-samples 8 --out runs/critic
     genprm-eval processbench --predictions elsewhere.jsonl --out runs/scored
+    genprm-eval bon --input ../shared/data/math500/test.jsonl --limit 50 --n 16 --maj 8 \\
+        --engine vllm --model outputs/genprm-7b --out runs/bon
+    genprm-eval refine --input ../shared/data/math500/test.jsonl --limit 50 --out runs/refine
 
 Without ``--model`` the vllm engine runs the embedded SmolLM2-135M-Instruct.
 """
@@ -27,6 +30,7 @@ from .processbench import runner
 from .processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
 from .processbench.metrics import score_predictions
 from .processbench.report import write_report
+from .refine import add_refine_parser, run_refine
 
 SAMPLE_ROWS = 20  # solutions whose rationales go to W&B
 
@@ -85,11 +89,80 @@ def processbench_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def bon_parser(subparsers) -> argparse.ArgumentParser:
+    """``genprm-eval bon``: Best-of-N with the GenPRM verifier (eval/bon)."""
+    from .bon.aggregate import DEFAULT_SUBSETS
+    from .bon.samples import MAX_TOKENS, TEMPERATURE
+
+    parser = subparsers.add_parser(
+        "bon",
+        help="Best-of-N: N policy samples per problem, picked by step rewards",
+        description="Sample N solutions per problem (or read them with --samples), score every "
+        "step with the GenPRM verifier (or the critic), and report accuracy against n for "
+        "best-of-n (last/min/mean/product of step rewards), majority, weighted majority and "
+        "pass@n: samples.jsonl, scores.jsonl, metrics.json, report.md and bon_curve.png in "
+        "--out (resumable). The same engine generates and scores unless --policy-base-url "
+        "names an OpenAI-compatible policy server.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=DEFAULT_DATA_DIR.parent / "math500" / "test.jsonl",
+        help="problems with reference answers, MATH-500/GSM8K JSONL (default: %(default)s)",
+    )
+    parser.add_argument("--samples", type=Path, help="use these samples instead of generating")
+    parser.add_argument("--limit", type=int, help="the first N problems")
+    parser.add_argument(
+        "--n", type=int, help="samples per problem (default 8; with --samples: all, or the first N)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="policy sampling and subset seed (-1: unseeded)"
+    )
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="policy")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="policy: per sample")
+    parser.add_argument(
+        "--subsets", type=int, default=DEFAULT_SUBSETS, help="random subsets averaged per n"
+    )
+    parser.add_argument(
+        "--policy-base-url",
+        action="append",
+        dest="policy_base_urls",
+        metavar="URL",
+        help="generate the samples on this OpenAI-compatible server (repeatable)",
+    )
+    parser.add_argument("--policy-model", help="the policy server's model name")
+    parser.add_argument("--verifier", choices=("genprm", "critic"), default="genprm")
+    parser.add_argument("--maj", type=int, default=1, help="genprm: Maj@N samples per step")
+    parser.add_argument("--mode", choices=MODES, default="cot+code", help="genprm")
+    parser.add_argument("--history", choices=HISTORIES, default="shared", help="genprm")
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="train", help="genprm")
+    parser.add_argument(
+        "--budget", type=int, default=BUDGET, help="genprm: assistant tokens per step"
+    )
+    parser.add_argument("--critic-samples", type=int, default=1, help="critic: 1 greedy, 8 maj")
+    parser.add_argument("--critic-max-tokens", type=int, default=4096, help="critic")
+    parser.add_argument("--concurrency", type=int, default=64, help="samples in flight")
+    parser.add_argument("--sandbox-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--bwrap", action="store_true", help="run the sandbox in bubblewrap")
+    parser.add_argument("--wandb-project", help="log the metrics per n and the curve")
+    add_engine_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genprm-eval", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     processbench = processbench_parser(subparsers)
+    bon = bon_parser(subparsers)
+    add_refine_parser(subparsers)
     args = parser.parse_args(argv)
+    if args.command == "bon":
+        from .bon.runner import run_command
+
+        return run_command(bon, args)
+    if args.command == "refine":
+        return run_refine(args)
     try:
         rows = load_splits(args.data_dir, _splits(args.splits), args.limit)
         if args.sample is not None:

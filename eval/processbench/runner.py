@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from genprm.paths import write_atomically
@@ -28,17 +28,22 @@ class ResumeError(ValueError):
     """The output folder holds a run with other settings, or an unreadable one."""
 
 
-def finished_ids(out: Path, settings: dict) -> set[str]:
-    """The ids already in ``out/predictions.jsonl``, once ``out/settings.json`` shows that it
-    was written with ``settings``."""
-    predictions = out / PREDICTIONS
-    if not predictions.exists() or predictions.stat().st_size == 0:
+def finished_ids(
+    out: Path,
+    settings: dict,
+    results: str = PREDICTIONS,
+    read_ids: Callable[[Path], Iterable[str]] = read_predictions,
+) -> set[str]:
+    """The ids already in ``out/<results>`` (read with ``read_ids``), once
+    ``out/settings.json`` shows that it was written with ``settings``."""
+    path = out / results
+    if not path.exists() or path.stat().st_size == 0:
         return set()
     try:
         recorded = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ResumeError(
-            f"cannot resume {predictions}: no readable {SETTINGS} beside it "
+            f"cannot resume {path}: no readable {SETTINGS} beside it "
             f"({type(error).__name__}); delete the folder or choose another --out"
         ) from None
     changed = [
@@ -49,11 +54,11 @@ def finished_ids(out: Path, settings: dict) -> set[str]:
             f"refusing to resume {out}: the settings changed ({', '.join(changed)}); "
             "delete the folder or choose another --out"
         )
-    data = predictions.read_bytes()
+    data = path.read_bytes()
     complete = data.rfind(b"\n") + 1
     if complete != len(data):
-        os.truncate(predictions, complete)
-    return set(read_predictions(predictions))
+        os.truncate(path, complete)
+    return set(read_ids(path))
 
 
 def prediction_line(row: Row, prediction: int | None, **extra) -> bytes:
@@ -100,10 +105,15 @@ def appender(path: Path) -> Callable[[bytes], None]:
     return write
 
 
-def start(out: Path, settings: dict) -> set[str]:
+def start(
+    out: Path,
+    settings: dict,
+    results: str = PREDICTIONS,
+    read_ids: Callable[[Path], Iterable[str]] = read_predictions,
+) -> set[str]:
     """Prepare ``out`` for a run with ``settings``; the ids already finished there."""
     out.mkdir(parents=True, exist_ok=True)
-    done = finished_ids(out, settings)
+    done = finished_ids(out, settings, results, read_ids)
     write_atomically(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
     return done
 

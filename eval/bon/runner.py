@@ -1,0 +1,415 @@
+"""One Best-of-N run: policy samples (generated, or read with ``--samples``), every step of
+every sample scored once (GenPRM verifier or the critic baseline), then the metrics for every n
+and every aggregation from those scores, and the report.
+
+Files in the output folder: ``settings.json``; ``samples.jsonl`` (appended per problem while
+generating; rewritten at the end with ``step_rewards`` merged); ``scores.jsonl`` (one
+``{"id", "step_rewards"}`` line per scored sample, appended as samples finish); the report
+(``metrics.json``, ``report.md``, ``bon_curve.png``). A rerun of the same command resumes:
+complete problems are not generated again and scored ids are skipped; a run with other
+settings is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from eval.processbench.critic import critic_verdict
+from eval.processbench.runner import ResumeError, appender
+from genprm.backends.types import EngineError
+from genprm.paths import write_atomically
+
+from . import samples as bon_samples
+from .aggregate import compute_metrics
+from .report import CURVE, REPORT, text_table, write_report
+from .samples import SAMPLES, cut_torn_line
+
+SCORES = "scores.jsonl"
+DEFAULT_N = 8
+SETTINGS = "settings.json"
+FREE_SETTINGS = ("subsets",)
+"""Settings that only change the report, not stored work: a rerun may change them."""
+
+
+def start(out: Path, settings: dict) -> None:
+    """Prepare ``out`` for a run with ``settings``; ResumeError when it holds work done with
+    other settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    if any((out / name).exists() and (out / name).stat().st_size for name in (SAMPLES, SCORES)):
+        try:
+            recorded = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ResumeError(
+                f"cannot resume {out}: no readable {SETTINGS} ({type(error).__name__}); "
+                "delete the folder or choose another --out"
+            ) from None
+        keys = [k for k in {**recorded, **settings} if k not in FREE_SETTINGS]
+        changed = [
+            f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}"
+            for k in keys
+            if recorded.get(k) != settings.get(k)
+        ]
+        if changed:
+            raise ResumeError(
+                f"refusing to resume {out}: the settings changed ({', '.join(changed)}); "
+                "delete the folder or choose another --out"
+            )
+    write_atomically(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
+
+
+def scored(out: Path) -> dict[str, dict]:
+    """The score lines already in ``out/scores.jsonl``, by sample id (a torn last line is
+    cut off first)."""
+    path = out / SCORES
+    cut_torn_line(path)
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {record["id"]: record for record in map(json.loads, filter(None, lines))}
+
+
+def to_score(samples: Sequence[dict], done: dict[str, dict]) -> list[dict]:
+    """The samples that still need scores: those with steps and no score line."""
+    return [sample for sample in samples if sample["steps"] and sample["id"] not in done]
+
+
+def score_line(sample_id: str, rewards: list[float], error: str | None = None) -> bytes:
+    record = {"id": sample_id, "step_rewards": rewards}
+    if error is not None:
+        record["error"] = error
+    return (json.dumps(record) + "\n").encode()
+
+
+async def score_genprm(
+    verifier, samples: Sequence[dict], write: Callable[[bytes], None], progress=None
+) -> None:
+    """Every step of every sample with a GenPRMVerifier, all samples in flight at once (within
+    the verifier's concurrency)."""
+
+    def finished(index: int, result) -> None:
+        write(score_line(samples[index]["id"], result.rewards, result.error))
+        if progress is not None:
+            progress(len(result.rewards))
+
+    items = [(sample["problem"], sample["steps"]) for sample in samples]
+    await verifier.ascore_many(items, stop_at_first_error=False, on_result=finished)
+
+
+def critic_rewards(prediction: int | None, steps: int) -> list[float]:
+    """Step rewards from a critic's first-wrong-paragraph prediction: 1.0 before it, 0.0 from
+    it on; all 1.0 for -1; all 0.5 when the critic named no valid index.
+
+    >>> critic_rewards(1, 3), critic_rewards(-1, 2), critic_rewards(None, 2)
+    ([1.0, 0.0, 0.0], [1.0, 1.0], [0.5, 0.5])
+    """
+    if prediction is None:
+        return [0.5] * steps
+    if prediction < 0:
+        return [1.0] * steps
+    return [1.0 if index < prediction else 0.0 for index in range(steps)]
+
+
+async def score_critic(
+    engine,
+    samples: Sequence[dict],
+    write: Callable[[bytes], None],
+    progress=None,
+    critic_samples: int = 1,
+    max_tokens: int = 4096,
+    concurrency: int = 64,
+) -> None:
+    """Every sample's steps from the critic-LLM baseline's verdict (:func:`critic_rewards`)."""
+    bound = asyncio.Semaphore(concurrency)
+
+    async def one(sample: dict) -> None:
+        steps = sample["steps"]
+        async with bound:
+            verdict = await critic_verdict(
+                engine, sample["problem"], steps, critic_samples, max_tokens
+            )
+        write(score_line(sample["id"], critic_rewards(verdict.prediction, len(steps))))
+        if progress is not None:
+            progress(len(steps))
+
+    await asyncio.gather(*(one(sample) for sample in samples))
+
+
+def merge(samples: Sequence[dict], done: dict[str, dict]) -> list[dict]:
+    """``samples`` with their ``step_rewards`` (and ``score_error`` where scoring failed);
+    a sample without steps gets ``[]``. ValueError when a sample with steps has no score."""
+    merged = []
+    for sample in samples:
+        sample = {k: v for k, v in sample.items() if k not in ("step_rewards", "score_error")}
+        if sample["id"] in done:
+            sample["step_rewards"] = done[sample["id"]]["step_rewards"]
+            if done[sample["id"]].get("error"):
+                sample["score_error"] = done[sample["id"]]["error"]
+        elif not sample["steps"]:
+            sample["step_rewards"] = []
+        else:
+            raise ValueError(f"sample {sample['id']} has not been scored")
+        merged.append(sample)
+    return merged
+
+
+def finish(
+    out: Path, samples: Sequence[dict], settings: dict, title: str, subsets: int, seed: int
+) -> dict:
+    """Merge the scores into ``out/samples.jsonl`` (atomically), compute the metrics and
+    write the report; the metrics."""
+    merged = merge(samples, scored(out))
+    bon_samples.write_samples(out / SAMPLES, merged)
+    groups = bon_samples.by_problem(merged)
+    views = [
+        [
+            {
+                "final_answer": sample["final_answer"],
+                "correct": bool(sample["correct"]),
+                # a sample that could not be scored is ranked like one without steps
+                "step_rewards": [] if sample.get("score_error") else sample["step_rewards"],
+            }
+            for sample in group
+        ]
+        for group in groups
+    ]
+    largest = max(len(group) for group in groups)
+    metrics = compute_metrics(views, largest, subsets, seed)
+    notes = [f"{len(groups)} problems, {len(merged)} samples"]
+    if len({len(group) for group in groups}) > 1:
+        notes.append(
+            "problems have different numbers of samples: a problem with fewer than n uses all "
+            "of its samples"
+        )
+    empty = sum(not sample["steps"] for sample in merged)
+    if empty:
+        notes.append(f"{empty} samples have no paragraphs (wrong, reward 0)")
+    failed = sum(bool(sample.get("score_error")) for sample in merged)
+    if failed:
+        notes.append(f"{failed} samples could not be scored (reward 0): see `score_error`")
+    write_report(out, metrics, settings, title, notes)
+    return metrics
+
+
+# ------------------------------------------------------------------------------ command
+
+
+def command_settings(args) -> dict:
+    """What the stored work depends on (checked on resume), and ``subsets``."""
+    settings = {
+        "input": None if args.samples else str(args.input),
+        "samples": str(args.samples) if args.samples else None,
+        "limit": args.limit,
+        "n": args.n if args.samples else args.n or DEFAULT_N,
+        "engine": args.engine,
+        "model": args.model,
+        "verifier": args.verifier,
+        "seed": args.seed,
+        "subsets": args.subsets,
+    }
+    if not args.samples:
+        settings.update(
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            policy=(args.policy_model or "served model") if args.policy_base_urls else "engine",
+        )
+    if args.verifier == "genprm":
+        settings.update(
+            maj=args.maj,
+            mode=args.mode,
+            history=args.history,
+            prompt_style=args.prompt_style,
+            budget=args.budget,
+        )
+    else:
+        settings.update(
+            critic_samples=args.critic_samples, critic_max_tokens=args.critic_max_tokens
+        )
+    return settings
+
+
+def run_command(parser, args) -> int:
+    """``genprm-eval bon``: see :mod:`eval.cli`."""
+    from data_synthesis.problems import ProblemFields, load_problems
+
+    if args.n is not None and args.n < 1 or args.subsets < 1:
+        parser.error("--n and --subsets must be at least 1")
+    settings = command_settings(args)
+    n = args.n or DEFAULT_N
+    try:
+        start(args.out, settings)
+        if args.samples:
+            samples = bon_samples.read_samples(args.samples, args.limit, args.n)
+            problems, done_problems = [], {}
+        else:
+            problems, errors = load_problems(str(args.input), ProblemFields(), args.limit)
+            for error in errors:
+                print(f"genprm-eval: skipped {error}", file=sys.stderr)
+            if not problems:
+                raise ValueError(f"{args.input}: no usable problems")
+            done_problems = bon_samples.generated_problems(args.out / SAMPLES, n)
+            samples = [s for p in problems for s in done_problems.get(p["id"], [])]
+    except (OSError, ValueError) as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 2
+    pending_problems = [p for p in problems if p["id"] not in done_problems]
+    done = scored(args.out)
+    if done_problems or done:
+        print(
+            f"genprm-eval: resuming {args.out}: {len(done_problems)} problems already sampled, "
+            f"{len(done)} samples already scored",
+            file=sys.stderr,
+        )
+    ungraded = any(sample["correct"] is None for sample in samples)
+    if pending_problems or ungraded or to_score(samples, done):
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        try:
+            samples = _work(parser, args, n, problems, samples)
+        except (EngineError, ValueError) as error:
+            print(f"genprm-eval: {error}", file=sys.stderr)
+            print("genprm-eval: rerun the same command to continue", file=sys.stderr)
+            return 1
+    title = f"Best-of-N: {args.verifier} {args.model or 'embedded model'}"
+    metrics = finish(args.out, samples, settings, title, args.subsets, args.seed)
+    print(text_table(metrics))
+    print(f"single sample: {metrics['single_sample']:.1f}")
+    print(f"report: {args.out / REPORT}  plot: {args.out / CURVE}")
+    if args.wandb_project:
+        _log_to_wandb(args, metrics, settings)
+    return 0
+
+
+async def collect(
+    out: Path,
+    *,
+    problems: Sequence[dict] = (),
+    samples: Sequence[dict] = (),
+    n: int,
+    params=None,
+    policy_engine=None,
+    grader,
+    scorer: Callable,
+    concurrency: int = 64,
+    bars: bool = False,
+) -> list[dict]:
+    """The run's samples, in problem order, once everything missing is done: ``problems``
+    whose ``n`` samples are not in ``out/samples.jsonl`` are generated with ``policy_engine``
+    and ``params`` (else ``samples`` are used as given), ungraded samples graded, and the
+    samples without a line in ``out/scores.jsonl`` scored with ``await scorer(pending, write,
+    progress)`` (see :func:`score_genprm`, :func:`score_critic`)."""
+    from tqdm import tqdm
+
+    if problems:
+        done_problems = bon_samples.generated_problems(out / SAMPLES, n)
+        pending_problems = [p for p in problems if p["id"] not in done_problems]
+        if pending_problems:
+            bar = tqdm(total=len(pending_problems) * n, unit="sample", desc="generate",
+                       file=sys.stderr, disable=not bars)  # fmt: skip
+            await bon_samples.generate(
+                policy_engine, pending_problems, params, grader, appender(out / SAMPLES),
+                bar.update, concurrency,
+            )  # fmt: skip
+            bar.close()
+            done_problems = bon_samples.generated_problems(out / SAMPLES, n)
+        samples = [sample for p in problems for sample in done_problems[p["id"]]]
+    samples = list(samples)
+    await bon_samples.grade(samples, grader)
+    pending = to_score(samples, scored(out))
+    if pending:
+        bar = tqdm(total=len(pending), unit="sample", desc="score", file=sys.stderr,
+                   disable=not bars)  # fmt: skip
+        steps = 0
+
+        def progress(scored_steps: int) -> None:
+            nonlocal steps
+            steps += scored_steps
+            bar.update(1)
+            bar.set_postfix(steps=steps)
+
+        started = time.monotonic()
+        await scorer(pending, appender(out / SCORES), progress)
+        bar.close()
+        if bars:
+            print(
+                f"genprm-eval: scored {len(pending)} samples, {steps} steps in "
+                f"{time.monotonic() - started:.1f} s",
+                file=sys.stderr,
+            )
+    return samples
+
+
+def _work(parser, args, n: int, problems: list, samples: list) -> list:
+    """Start the engines and the sandbox, then :func:`collect`."""
+    from data_synthesis.policy import AnswerGrader
+    from genprm.backends import make_engine
+    from genprm.cli import engine_from_args
+    from genprm.sandbox import Sandbox
+    from genprm.verifier import GenPRMVerifier
+
+    engine = policy_engine = sandbox = None
+    try:
+        engine = engine_from_args(parser, args)
+        policy_engine = engine
+        if args.policy_base_urls and problems:
+            policy_engine = make_engine(
+                "openai",
+                base_urls=args.policy_base_urls,
+                model=args.policy_model,
+                api_key_env=args.api_key_env,
+            )
+        sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
+        if args.verifier == "genprm":
+            # unseeded, as in processbench (see samples.policy_params for seeds on vLLM CPU)
+            verifier = GenPRMVerifier(
+                engine, sandbox if args.mode == "cot+code" else None, maj=args.maj,
+                mode=args.mode, history=args.history, prompt_style=args.prompt_style,
+                budget=args.budget, concurrency=args.concurrency,
+            )  # fmt: skip
+
+            def scorer(pending, write, progress):
+                return score_genprm(verifier, pending, write, progress)
+        else:
+
+            def scorer(pending, write, progress):
+                return score_critic(
+                    engine, pending, write, progress, args.critic_samples,
+                    args.critic_max_tokens, args.concurrency,
+                )  # fmt: skip
+
+        params = bon_samples.policy_params(n, args.temperature, args.max_tokens, args.seed)
+        return asyncio.run(
+            collect(
+                args.out, problems=problems, samples=samples, n=n, params=params,
+                policy_engine=policy_engine, grader=AnswerGrader(sandbox), scorer=scorer,
+                concurrency=args.concurrency, bars=True,
+            )
+        )  # fmt: skip
+    finally:
+        if sandbox is not None:
+            sandbox.close()
+        if policy_engine is not None and policy_engine is not engine:
+            policy_engine.close()
+        if engine is not None:
+            engine.close()
+
+
+def _log_to_wandb(args, metrics: dict, settings: dict) -> None:
+    import wandb
+
+    run = wandb.init(project=args.wandb_project, config=settings, dir=str(args.out))
+    try:
+        for row, n in enumerate(metrics["n"]):
+            values = {"n": n, "pass_at_n": metrics["pass_at_n"][row]}
+            values["majority"] = metrics["majority"][row]
+            for key in ("best_of_n", "weighted_majority"):
+                values.update((f"{key}/{how}", v[row]) for how, v in metrics[key].items())
+            run.log(values)
+        run.summary["single_sample"] = metrics["single_sample"]
+        run.log({"bon_curve": wandb.Image(str(args.out / CURVE))})
+    finally:
+        run.finish()
