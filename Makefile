@@ -113,6 +113,7 @@ bench: model venv-vllm bwrap
 	$(VLLM_BIN)/python bench/bench_generation.py
 	$(VLLM_BIN)/python bench/bench_verifier.py
 	$(VLLM_BIN)/python bench/bench_rollout.py
+	$(VLLM_BIN)/python bench/bench_bon.py
 
 clean:
 	rm -rf outputs wandb last_run_prepared
