@@ -28,7 +28,6 @@ from genprm.sandbox import Sandbox
 from genprm.verifier import MODES, GenPRMVerifier
 
 TARGET_RATIO = 3.0
-CHUNK_FREE_TOKENS = 65536
 MATH500 = DEFAULT_DATA_DIR.parent / "math500" / "test.jsonl"
 
 
@@ -53,12 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     problems, _ = load_problems(str(MATH500), ProblemFields(), args.problems)
-    # Room for every prompt in one step: vLLM's CPU worker crashes when it has to split the
-    # prefill of a seeded request ("CPU Generator does not use offset", vLLM 0.32).
-    engine = make_engine(
-        "vllm", enforce_eager=True, dtype="float32", max_model_len=4096,
-        max_num_batched_tokens=CHUNK_FREE_TOKENS,
-    )  # fmt: skip
+    engine = make_engine("vllm", enforce_eager=True, dtype="float32", max_model_len=4096)
     try:
         with Sandbox(workers=2) as sandbox:
             params = bon_samples.policy_params(args.n, 0.7, args.max_tokens, 0)

@@ -4,9 +4,8 @@ policy's final answers against the reference."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
-from genprm.backends.types import Engine, Request, SamplingParams
+from genprm.backends.types import ContextTooLong, Engine, Request, SamplingParams
 from genprm.format import SYSTEM_POLICY
 from genprm.grading import DEFAULT_TIMEOUT_S, agrade_answers
 from genprm.sandbox import Sandbox
@@ -27,15 +26,10 @@ def policy_request(engine: Engine, text: str, params: SamplingParams) -> Request
     """``text`` as token ids (the template already holds the special tokens), ``max_tokens``
     capped to the context the prompt leaves; StageError when the prompt alone does not fit."""
     prompt = engine.tokenizer.encode(text, add_special_tokens=False)
-    if engine.max_model_len is not None:
-        room = engine.max_model_len - len(prompt)
-        if room < 1:
-            raise StageError(
-                f"the prompt takes {len(prompt)} tokens, more than the model's context of"
-                f" {engine.max_model_len}"
-            )
-        params = replace(params, max_tokens=min(params.max_tokens, room))
-    return Request(prompt, params)
+    try:
+        return Request(prompt, engine.fit_to_context(prompt, params))
+    except ContextTooLong as error:
+        raise StageError(str(error)) from error
 
 
 class AnswerGrader:

@@ -17,17 +17,14 @@ leaves at most a torn last line, which the next run cuts off.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from genprm.paths import write_atomically
+from genprm.paths import cut_torn_line, write_atomically
 
 from .stage import StageResult
-
-LOG = logging.getLogger(__name__)
 
 
 class ResumeError(ValueError):
@@ -212,19 +209,6 @@ def _lines(path: Path, raw: bool = False) -> Iterator[tuple[int, Any]]:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 yield number, (line if raw else json.loads(line))
-
-
-def cut_torn_line(path: Path) -> bytes:
-    """Cut a torn last line (no newline: a kill in the middle of an append) off ``path``;
-    the whole lines that remain."""
-    if not path.exists():
-        return b""
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete != len(data):
-        LOG.warning("%s: cutting off a torn last line (%d bytes)", path, len(data) - complete)
-        os.truncate(path, complete)
-    return data[:complete]
 
 
 def _keep_only(path: Path, ids: set[str]) -> None:

@@ -8,6 +8,8 @@
     genprm-eval bon --input ../shared/data/math500/test.jsonl --limit 50 --n 16 --maj 8 \\
         --engine vllm --model outputs/genprm-7b --out runs/bon
     genprm-eval refine --input ../shared/data/math500/test.jsonl --limit 50 --out runs/refine
+    genprm-eval search --method beam --input ../shared/data/math500/test.jsonl --limit 50 \\
+        --n 16 --beam-width 4 --engine vllm --model outputs/genprm-7b --out runs/search
 
 Without ``--model`` the vllm engine runs the embedded SmolLM2-135M-Instruct.
 """
@@ -23,14 +25,15 @@ import time
 from pathlib import Path
 
 from genprm.backends import EngineError
-from genprm.cli import add_engine_arguments, engine_from_args
-from genprm.verifier import BUDGET, HISTORIES, MODES, PROMPT_STYLES, GenPRMVerifier
+from genprm.cli import add_engine_arguments, add_policy_engine_arguments, engine_from_args
 
 from .processbench import runner
 from .processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
 from .processbench.metrics import score_predictions
 from .processbench.report import write_report
 from .refine import add_refine_parser, run_refine
+from .search.cli import add_search_parser, run_search
+from .verifier_args import add_verifier_arguments, make_verifier, verifier_settings
 
 SAMPLE_ROWS = 20  # solutions whose rationales go to W&B
 
@@ -64,26 +67,9 @@ def processbench_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         help="score this JSONL of {id, prediction} (no model); missing ids count as wrong",
     )
-    parser.add_argument("--verifier", choices=("genprm", "critic"), default="genprm")
-    parser.add_argument("--maj", type=int, default=1, help="genprm: Maj@N samples per step")
-    parser.add_argument("--mode", choices=MODES, default="cot+code", help="genprm")
-    parser.add_argument("--history", choices=HISTORIES, default="shared", help="genprm")
-    parser.add_argument(
-        "--prompt-style",
-        choices=PROMPT_STYLES,
-        default="train",
-        help="genprm: train (our checkpoints) or upstream (released GenPRM checkpoints)",
-    )
-    parser.add_argument(
-        "--budget", type=int, default=BUDGET, help="genprm: assistant tokens per step"
-    )
-    parser.add_argument("--critic-samples", type=int, default=1, help="critic: 1 greedy, 8 maj")
+    add_verifier_arguments(parser)
     parser.add_argument("--max-tokens", type=int, default=4096, help="critic: tokens per answer")
     parser.add_argument("--concurrency", type=int, default=64, help="solutions in flight")
-    parser.add_argument(
-        "--sandbox-workers", type=int, default=os.cpu_count() or 2, help="genprm cot+code"
-    )
-    parser.add_argument("--bwrap", action="store_true", help="run the sandbox in bubblewrap")
     parser.add_argument("--wandb-project", help="log metrics, the plot and sample rationales")
     add_engine_arguments(parser)
     return parser
@@ -102,7 +88,7 @@ def bon_parser(subparsers) -> argparse.ArgumentParser:
         "best-of-n (last/min/mean/product of step rewards), majority, weighted majority and "
         "pass@n: samples.jsonl, scores.jsonl, metrics.json, report.md and bon_curve.png in "
         "--out (resumable). The same engine generates and scores unless --policy-base-url "
-        "names an OpenAI-compatible policy server.",
+        "names an OpenAI-compatible policy server (or --policy-model a second vllm model).",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument(
@@ -124,27 +110,10 @@ def bon_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--subsets", type=int, default=DEFAULT_SUBSETS, help="random subsets averaged per n"
     )
-    parser.add_argument(
-        "--policy-base-url",
-        action="append",
-        dest="policy_base_urls",
-        metavar="URL",
-        help="generate the samples on this OpenAI-compatible server (repeatable)",
-    )
-    parser.add_argument("--policy-model", help="the policy server's model name")
-    parser.add_argument("--verifier", choices=("genprm", "critic"), default="genprm")
-    parser.add_argument("--maj", type=int, default=1, help="genprm: Maj@N samples per step")
-    parser.add_argument("--mode", choices=MODES, default="cot+code", help="genprm")
-    parser.add_argument("--history", choices=HISTORIES, default="shared", help="genprm")
-    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="train", help="genprm")
-    parser.add_argument(
-        "--budget", type=int, default=BUDGET, help="genprm: assistant tokens per step"
-    )
-    parser.add_argument("--critic-samples", type=int, default=1, help="critic: 1 greedy, 8 maj")
+    add_verifier_arguments(parser)
     parser.add_argument("--critic-max-tokens", type=int, default=4096, help="critic")
     parser.add_argument("--concurrency", type=int, default=64, help="samples in flight")
-    parser.add_argument("--sandbox-workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--bwrap", action="store_true", help="run the sandbox in bubblewrap")
+    add_policy_engine_arguments(parser)
     parser.add_argument("--wandb-project", help="log the metrics per n and the curve")
     add_engine_arguments(parser)
     return parser
@@ -156,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     processbench = processbench_parser(subparsers)
     bon = bon_parser(subparsers)
     add_refine_parser(subparsers)
+    search = add_search_parser(subparsers)
     args = parser.parse_args(argv)
     if args.command == "bon":
         from .bon.runner import run_command
@@ -163,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(bon, args)
     if args.command == "refine":
         return run_refine(args)
+    if args.command == "search":
+        return run_search(search, args)
     try:
         rows = load_splits(args.data_dir, _splits(args.splits), args.limit)
         if args.sample is not None:
@@ -230,16 +202,9 @@ def _evaluate(parser, args, rows) -> int:
         "model": args.model,
         **_data_settings(args),
     }
-    if args.verifier == "genprm":
-        settings.update(
-            maj=args.maj,
-            mode=args.mode,
-            history=args.history,
-            prompt_style=args.prompt_style,
-            budget=args.budget,
-        )
-    else:
-        settings.update(critic_samples=args.critic_samples, max_tokens=args.max_tokens)
+    settings.update(verifier_settings(args))
+    if args.verifier == "critic":
+        settings["max_tokens"] = args.max_tokens
     try:
         done = runner.start(args.out, settings)
     except (OSError, ValueError) as error:
@@ -292,10 +257,7 @@ def _score_pending(parser, args, pending) -> int:
                 from genprm.sandbox import Sandbox
 
                 sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
-            verifier = GenPRMVerifier(
-                engine, sandbox, maj=args.maj, mode=args.mode, history=args.history,
-                prompt_style=args.prompt_style, budget=args.budget, concurrency=args.concurrency,
-            )  # fmt: skip
+            verifier = make_verifier(args, engine, sandbox)
             coroutine = runner.run_genprm(verifier, pending, write, progress)
         asyncio.run(coroutine)
         bar.close()

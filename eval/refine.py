@@ -39,16 +39,22 @@ from data_synthesis.policy import AnswerGrader, policy_request
 from data_synthesis.problems import ProblemFields, load_problems
 from data_synthesis.stage import StageError
 from data_synthesis.store import in_shard, parse_shard
-from genprm.backends import Engine, EngineError, Sample, SamplingParams, make_engine
-from genprm.cli import add_engine_arguments, engine_from_args
+from genprm.backends import Engine, EngineError, Sample, SamplingParams
+from genprm.cli import (
+    add_engine_arguments,
+    add_policy_engine_arguments,
+    engine_from_args,
+    policy_engine_from_args,
+)
 from genprm.format import SYSTEM_POLICY
 from genprm.grading import extract_boxed
 from genprm.paths import write_atomically
 from genprm.steps import split_paragraphs
-from genprm.verifier import BUDGET, HISTORIES, MODES, PROMPT_STYLES, GenPRMVerifier
+from genprm.verifier import GenPRMVerifier
 
 from .processbench import runner
 from .processbench.runner import appender
+from .verifier_args import add_verifier_arguments, make_verifier, verifier_settings
 
 # §7: the policy's system prompt (Qwen2.5-Instruct's default; --system-prompt for another
 # policy), what follows the problem in the user turn, and the refine request before the quoted
@@ -436,23 +442,9 @@ def add_refine_parser(subparsers) -> argparse.ArgumentParser:
         "--shard", type=parse_shard, metavar="I/N", help="every N-th problem from I"
     )
     parser.add_argument("--turns", type=int, default=MAX_TURNS, help="refine turns at most")
-    policy = parser.add_argument_group(
-        "policy", "the model that solves and refines (default: the verifier's engine)"
+    policy = add_policy_engine_arguments(
+        parser, "the model that solves and refines (default: the verifier's engine)"
     )
-    policy.add_argument(
-        "--policy-base-url",
-        action="append",
-        dest="policy_base_urls",
-        metavar="URL",
-        help="an OpenAI-compatible server of the policy; repeat for more",
-    )
-    policy.add_argument(
-        "--policy-model",
-        help="with --policy-base-url: the served name; without: a checkpoint for a second "
-        "in-process vllm engine (with --engine vllm and its flags: split the GPU between "
-        "the two with --gpu-memory-utilization)",
-    )
-    policy.add_argument("--policy-tokenizer", help="with --policy-base-url: a local tokenizer")
     policy.add_argument(
         "--system-prompt",
         default=QWEN_SYSTEM,
@@ -463,24 +455,8 @@ def add_refine_parser(subparsers) -> argparse.ArgumentParser:
         "--max-tokens", type=int, default=MAX_TOKENS, help="policy tokens per answer"
     )
     policy.add_argument("--seed", type=int, help="a seed for every request (policy, verifier)")
-    parser.add_argument("--maj", type=int, default=1, help="Maj@N samples per step")
-    parser.add_argument("--mode", choices=MODES, default="cot+code")
-    parser.add_argument("--history", choices=HISTORIES, default="shared")
-    parser.add_argument(
-        "--prompt-style",
-        choices=PROMPT_STYLES,
-        default="train",
-        help="train (our checkpoints) or upstream (released GenPRM checkpoints)",
-    )
-    parser.add_argument("--budget", type=int, default=BUDGET, help="assistant tokens per step")
+    add_verifier_arguments(parser, critic=False)
     parser.add_argument("--concurrency", type=int, default=64, help="problems in flight")
-    parser.add_argument(
-        "--sandbox-workers",
-        type=int,
-        default=os.cpu_count() or 2,
-        help="code execution and answer grading",
-    )
-    parser.add_argument("--bwrap", action="store_true", help="run the sandbox in bubblewrap")
     parser.add_argument("--wandb-project", help="log accuracy per turn, the plot, sample turns")
     add_engine_arguments(parser)
     return parser
@@ -569,36 +545,8 @@ def _settings(args) -> dict:
         "system_prompt": args.system_prompt,
         "max_tokens": args.max_tokens,
         "seed": args.seed,
-        "maj": args.maj,
-        "mode": args.mode,
-        "history": args.history,
-        "prompt_style": args.prompt_style,
-        "budget": args.budget,
+        **verifier_settings(args),
     }
-
-
-def _policy_engine(args, verifier_engine: Engine) -> Engine:
-    if args.policy_base_urls:
-        return make_engine(
-            "openai",
-            base_urls=args.policy_base_urls,
-            model=args.policy_model,
-            tokenizer=args.policy_tokenizer,
-            api_key_env=args.api_key_env,
-            max_concurrency=args.max_concurrency,
-        )
-    if args.policy_model:
-        return make_engine(
-            "vllm",
-            model=args.policy_model,
-            tensor_parallel_size=args.tp,
-            data_parallel_size=args.dp,
-            dtype=args.dtype,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager,
-        )
-    return verifier_engine
 
 
 def _refine_pending(args, pending: list[dict]) -> None:
@@ -610,13 +558,9 @@ def _refine_pending(args, pending: list[dict]) -> None:
     policy_engine = None
     sandbox = None
     try:
-        policy_engine = _policy_engine(args, engine)
+        policy_engine = policy_engine_from_args(args.refine_parser, args, engine)
         sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
-        verifier = GenPRMVerifier(
-            engine, sandbox, maj=args.maj, mode=args.mode, history=args.history,
-            prompt_style=args.prompt_style, budget=args.budget, concurrency=args.concurrency,
-            seed=args.seed,
-        )  # fmt: skip
+        verifier = make_verifier(args, engine, sandbox, args.seed)
         policy = Policy(policy_engine, args.system_prompt or None, args.max_tokens, args.seed)
         refiner = Refiner(verifier, policy, AnswerGrader(sandbox), args.turns)
         write = appender(args.out / RESULTS)

@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by genprm's commands: the generation-engine flags."""
+"""Command-line plumbing shared by genprm's commands: the generation-engine flags, and the
+flags of a second (policy) engine for the commands that generate solutions and score them."""
 
 from __future__ import annotations
 
@@ -72,23 +73,74 @@ def engine_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             if engine != args.engine and getattr(args, dest) != parser.get_default(dest):
                 parser.error(f"{flag} is for --engine {engine}")
     if args.engine == "vllm":
-        return make_engine(
-            "vllm",
-            model=args.model,
-            tensor_parallel_size=args.tp,
-            data_parallel_size=args.dp,
-            dtype=args.dtype,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager,
-        )
+        return _vllm_engine(args, args.model)
     if not args.base_urls:
         parser.error("--engine openai needs at least one --base-url")
+    return _openai_engine(args, args.base_urls, args.model, args.tokenizer)
+
+
+def add_policy_engine_arguments(
+    parser: argparse.ArgumentParser,
+    description: str = "the model that writes the solutions (default: the verifier's engine)",
+) -> argparse._ArgumentGroup:
+    """The policy-engine flags (``--policy-base-url``, ``--policy-model``,
+    ``--policy-tokenizer``) in a "policy" group, returned for the command's own policy flags.
+    The engine flags of :func:`add_engine_arguments` must be declared too."""
+    group = parser.add_argument_group("policy", description)
+    group.add_argument(
+        "--policy-base-url",
+        action="append",
+        dest="policy_base_urls",
+        metavar="URL",
+        help="an OpenAI-compatible server of the policy; repeat for more",
+    )
+    group.add_argument(
+        "--policy-model",
+        help="with --policy-base-url: the served name; without: a checkpoint for a second "
+        "in-process vllm engine (with --engine vllm and its flags: split the GPU between "
+        "the two with --gpu-memory-utilization)",
+    )
+    group.add_argument("--policy-tokenizer", help="with --policy-base-url: a local tokenizer")
+    return group
+
+
+def policy_engine_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, verifier_engine: Engine
+) -> Engine:
+    """The policy engine the flags of :func:`add_policy_engine_arguments` describe: an openai
+    engine on the ``--policy-base-url`` servers (with ``--api-key-env`` and
+    ``--max-concurrency``), else a vllm engine of ``--policy-model`` (with the vllm flags),
+    else ``verifier_engine`` itself. The caller closes it unless it is ``verifier_engine``."""
+    if args.policy_base_urls:
+        return _openai_engine(args, args.policy_base_urls, args.policy_model, args.policy_tokenizer)
+    if args.policy_tokenizer is not None:
+        parser.error("--policy-tokenizer is for --policy-base-url")
+    if args.policy_model:
+        return _vllm_engine(args, args.policy_model)
+    return verifier_engine
+
+
+def _vllm_engine(args: argparse.Namespace, model: str | None) -> Engine:
+    return make_engine(
+        "vllm",
+        model=model,
+        tensor_parallel_size=args.tp,
+        data_parallel_size=args.dp,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+    )
+
+
+def _openai_engine(
+    args: argparse.Namespace, base_urls: list[str], model: str | None, tokenizer: str | None
+) -> Engine:
     return make_engine(
         "openai",
-        base_urls=args.base_urls,
-        model=args.model,
-        tokenizer=args.tokenizer,
+        base_urls=base_urls,
+        model=model,
+        tokenizer=tokenizer,
         api_key_env=args.api_key_env,
         max_concurrency=args.max_concurrency,
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .backends import Completion, Engine, EngineError, SamplingParams
 from .cli import add_engine_arguments, engine_from_args
-from .paths import write_atomically
+from .paths import cut_torn_line, write_atomically
 
 
 class InputError(ValueError):
@@ -100,12 +100,8 @@ def resume(output: Path, expected: dict, count: int) -> list[int]:
 
 
 def result_indices(output: Path, count: int) -> list[int]:
-    data = output.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete != len(data):
-        os.truncate(output, complete)
     indices = []
-    for number, line in enumerate(data[:complete].split(b"\n")[:-1], 1):
+    for number, line in enumerate(cut_torn_line(output).split(b"\n")[:-1], 1):
         try:
             index = json.loads(line)["index"]
         except (ValueError, KeyError, TypeError):

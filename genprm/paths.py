@@ -6,11 +6,13 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import shutil
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+LOG = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -50,6 +52,19 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def cut_torn_line(path: Path) -> bytes:
+    """Cut a torn last line (no newline: a kill in the middle of an append) off ``path``; the
+    whole lines that remain (``b""`` when ``path`` does not exist)."""
+    if not path.exists():
+        return b""
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete != len(data):
+        LOG.warning("%s: cutting off a torn last line (%d bytes)", path, len(data) - complete)
+        os.truncate(path, complete)
+    return data[:complete]
 
 
 def staging_dir(target: Path) -> Path:

@@ -5,6 +5,7 @@ Python it writes executed in the sandbox and Maj@N, batched.
 >>> from genprm.verifier import GenPRMVerifier
 >>> # verifier = GenPRMVerifier(engine, Sandbox(), maj=8)
 >>> # verifier.score(problem, steps).rewards     # one reward in [0, 1] per step
+>>> # reward, state = await verifier.ascore_next(problem, steps[:1], verifier.start())
 
 Every solution is a coroutine, and so is every sample path within it: step t of every solution
 and every Maj@N sample is in flight at once (over ``engine.agenerate`` and ``sandbox.arun``),
@@ -21,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from .backends.types import Engine, Prompt, Request, Sample, SamplingParams
+from .backends.types import ContextTooLong, Engine, Prompt, Request, Sample, SamplingParams
 from .codeloop import CodeLoop, run_code_loop
 from .format import (
     ANALYZE_END,
@@ -63,17 +64,30 @@ class VerifierResult:
     error: str | None = None
 
 
-class ContextTooLong(ValueError):
-    """A prompt does not fit the model's context: that solution cannot be scored."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Turn:
-    """One sampled assistant turn: its text, reward and the code it executed, in order."""
+    """One sampled assistant turn: its text, reward, the code it executed (in order) and the
+    tokens its requests generated."""
 
     text: str
     reward: float
     executed: list[str] = field(default_factory=list)
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class VerifierState:
+    """What scoring the next step of a solution needs: each sample path's turns for the steps
+    scored so far (one path when the history is shared), and the tokens the verifier generated
+    for them. Immutable: solutions that share a prefix share its state."""
+
+    histories: tuple[tuple[_Turn, ...], ...]
+    tokens: int = 0
+
+    @property
+    def turns(self) -> list[str]:
+        """The history's assistant turns (sample path 0), one per scored step."""
+        return [turn.text for turn in self.histories[0]]
 
 
 class GenPRMVerifier:
@@ -116,7 +130,6 @@ class GenPRMVerifier:
         self.maj, self.mode, self.history, self.prompt_style = maj, mode, history, prompt_style
         self.budget, self.concurrency, self.seed = budget, concurrency, seed
         self.tokenizer = engine.tokenizer
-        self.max_model_len: int | None = getattr(engine, "max_model_len", None)
         self._verify_loop = CodeLoop(
             finish=(OUTPUT_END,),
             max_rounds=MAX_VERIFY_ROUNDS,
@@ -161,24 +174,47 @@ class GenPRMVerifier:
         steps = list(steps)
         if not steps:
             raise ValueError("a solution needs at least one step")
-        paths = self.maj if self.history == "independent" else 1
-        histories: list[list[_Turn]] = [[] for _ in range(paths)]
+        state = self.start()
         rewards: list[float] = []
         for t in range(1, len(steps) + 1):
             try:
-                turns = await self._step(problem, steps, t, histories)
+                reward, state = await self.ascore_next(problem, steps[:t], state)
             except ContextTooLong as error:
-                return VerifierResult(rewards, None, [h.text for h in histories[0]], str(error))
-            rewards.append(sum(turn.reward for turn in turns) / len(turns))
-            for index, history in enumerate(histories):
-                history.append(turns[index])
-            if stop_at_first_error and rewards[-1] < WRONG_BELOW:
+                return VerifierResult(rewards, None, state.turns, str(error))
+            rewards.append(reward)
+            if stop_at_first_error and reward < WRONG_BELOW:
                 break
-        return VerifierResult(rewards, first_wrong(rewards), [turn.text for turn in histories[0]])
+        return VerifierResult(rewards, first_wrong(rewards), state.turns)
+
+    def start(self) -> VerifierState:
+        """The state before the first step: no turns yet."""
+        paths = self.maj if self.history == "independent" else 1
+        return VerifierState(((),) * paths)
+
+    async def ascore_next(
+        self, problem: str, steps: Sequence[str], state: VerifierState
+    ) -> tuple[float, VerifierState]:
+        """The reward of the newest of ``steps`` (the mean of its Maj@N samples) and the state
+        after it, given ``state``, the one after ``steps[:-1]`` (``start()`` for the first
+        step): a search scores each new step once, without rescoring the prefix.
+        ContextTooLong when a prompt does not fit."""
+        steps = list(steps)
+        if len(state.histories[0]) != len(steps) - 1:
+            raise ValueError(
+                f"the state holds {len(state.histories[0])} steps' turns: it is not the state "
+                f"before step {len(steps)}"
+            )
+        turns = await self._step(problem, steps, len(steps), state.histories)
+        reward = sum(turn.reward for turn in turns) / len(turns)
+        histories = tuple((*history, turns[index]) for index, history in enumerate(state.histories))
+        tokens = state.tokens + sum(turn.tokens for turn in turns)
+        return reward, VerifierState(histories, tokens)
 
     # -- one step ------------------------------------------------------------------------
 
-    async def _step(self, problem, steps, t: int, histories: list[list[_Turn]]) -> list[_Turn]:
+    async def _step(
+        self, problem, steps, t: int, histories: Sequence[Sequence[_Turn]]
+    ) -> list[_Turn]:
         """The ``maj`` sampled turns for step ``t`` (1-based); path i continues history i (all
         of them history 0 when it is shared)."""
         contexts = [self._context(problem, steps, t, history) for history in histories]
@@ -216,19 +252,21 @@ class GenPRMVerifier:
         return samples
 
     async def _finish(
-        self, context: str, start: str, first: Sample, history: list[_Turn], t: int
+        self, context: str, start: str, first: Sample, history: Sequence[_Turn], t: int
     ) -> _Turn:
         """The rest of one path's turn after its first request (spec §3 steps 2-4)."""
+        spent = len(first.token_ids)
         if self.mode == "direct":
-            return _Turn(start + first.text, self._reward(start, first))
+            return _Turn(start + first.text, self._reward(start, first), tokens=spent)
         analysis = first.text
         if self.mode == "cot":
             text = start + analysis + OUTPUT_PREFIX
             remaining = self.budget - self._count(text)
             if remaining <= 0:
-                return await self._fallback(context, start, analysis, t, [])
+                return await self._fallback(context, start, analysis, t, [], spent)
             final = await self._generate(context, text, _params(remaining, (OUTPUT_END,)), t)
-            return _Turn(text + final.text, self._reward(text, final))
+            spent += len(final.token_ids)
+            return _Turn(text + final.text, self._reward(text, final), tokens=spent)
         prelude = [block for turn in history for block in turn.executed]
         outcome = await run_code_loop(
             self._verify_loop,
@@ -239,19 +277,22 @@ class GenPRMVerifier:
             self.sandbox,
             prelude,
         )
+        spent += outcome.tokens
         if outcome.final is not None:
             turn_text = outcome.text + outcome.final.text
-            return _Turn(turn_text, self._reward(outcome.text, outcome.final), outcome.executed)
-        return await self._fallback(context, start, analysis, t, outcome.executed)
+            reward = self._reward(outcome.text, outcome.final)
+            return _Turn(turn_text, reward, outcome.executed, spent)
+        return await self._fallback(context, start, analysis, t, outcome.executed, spent)
 
     async def _fallback(
-        self, context: str, start: str, analysis: str, t: int, executed: list[str]
+        self, context: str, start: str, analysis: str, t: int, executed: list[str], spent: int
     ) -> _Turn:
         """Rounds or budget ran out: the verify section is dropped and the judgement asked for
-        right after the analysis."""
+        right after the analysis. ``spent``: the tokens the turn generated before."""
         text = start + analysis.split(ANALYZE_END.rstrip("\n"))[0] + ANALYZE_END + OUTPUT_PREFIX
         final = await self._generate(context, text, _params(JUDGEMENT_TOKENS, (OUTPUT_END,)), t)
-        return _Turn(text + final.text, self._reward(text, final), executed)
+        spent += len(final.token_ids)
+        return _Turn(text + final.text, self._reward(text, final), executed, spent)
 
     async def _generate(self, context: str, assistant: str, params, t: int) -> Sample:
         completion = await self.engine.agenerate(self._request(context, assistant, params, t))
@@ -259,7 +300,7 @@ class GenPRMVerifier:
 
     # -- prompts -------------------------------------------------------------------------
 
-    def _context(self, problem: str, steps: list[str], t: int, history: list[_Turn]) -> str:
+    def _context(self, problem: str, steps: list[str], t: int, history: Sequence[_Turn]) -> str:
         """The rendered conversation before the assistant text of step ``t``."""
         system = SYSTEM_DIRECT if self.mode == "direct" else SYSTEM_COT
         messages = [{"role": "system", "content": system}]
@@ -291,15 +332,10 @@ class GenPRMVerifier:
             prompt = context + assistant  # as text: the engine adds its BOS, as upstream's did
         else:
             prompt = self.tokenizer.encode(context + assistant, add_special_tokens=False)
-        if self.max_model_len is not None:
-            length = len(prompt) if isinstance(prompt, list) else len(self.tokenizer.encode(prompt))
-            room = self.max_model_len - length
-            if room < 1:
-                raise ContextTooLong(
-                    f"step {t}: the prompt takes {length} tokens, more than the model's"
-                    f" context of {self.max_model_len}"
-                )
-            params = replace(params, max_tokens=min(params.max_tokens, room))
+        try:
+            params = self.engine.fit_to_context(prompt, params)
+        except ContextTooLong as error:
+            raise ContextTooLong(f"step {t}: {error}") from error
         if self.seed is not None:
             params = replace(params, seed=self.seed)
         return Request(prompt, params)

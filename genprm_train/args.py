@@ -4,7 +4,100 @@ They sit at the top level of the axolotl YAML, not under ``datasets:``: axolotl 
 per-dataset keys it does not know.
 """
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from eval.bon.aggregate import AGGREGATIONS
+from genprm.verifier import BUDGET, MODES, PROMPT_STYLES
+
+
+class GenPRMRewardArgs(BaseModel):
+    """The ``genprm_reward:`` block: how ``genprm_train.reward.genprm_reward`` (a TRL reward
+    function for ``rl: grpo``) reaches its GenPRM verifier and turns step rewards into one
+    reward per completion. Unknown keys are an error (a typo would otherwise be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_urls: list[str] = Field(
+        min_length=1,
+        json_schema_extra={
+            "description": "OpenAI-compatible servers (vLLM) serving the GenPRM checkpoint, "
+            "e.g. http://node1:8000/v1; requests are spread over all of them."
+        },
+    )
+    model: str | None = Field(
+        default=None, json_schema_extra={"description": "Served model name (default: the first)."}
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "Local tokenizer path (default: the served path)."},
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        json_schema_extra={"description": "Environment variable holding the servers' API key."},
+    )
+    mode: Literal[MODES] = Field(
+        default="cot+code", json_schema_extra={"description": "Verifier mode (spec §3)."}
+    )
+    maj: int = Field(default=1, ge=1, json_schema_extra={"description": "Maj@N samples per step."})
+    budget: int = Field(
+        default=BUDGET, ge=1, json_schema_extra={"description": "Verifier tokens per step turn."}
+    )
+    prompt_style: Literal[PROMPT_STYLES] = Field(
+        default="train",
+        json_schema_extra={"description": "train (our checkpoints) or upstream (released ones)."},
+    )
+    aggregation: Literal[AGGREGATIONS] = Field(
+        default="min",
+        json_schema_extra={"description": "Step rewards -> one reward: last, min, mean, product."},
+    )
+    problem_column: str = Field(
+        default="problem",
+        json_schema_extra={
+            "description": "Dataset column with the problem text the verifier sees (without "
+            "it: the prompt's last user message)."
+        },
+    )
+    answer_column: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Dataset column with the reference answer; set, it adds "
+            "outcome_weight when math-verify finds the completion's last \\boxed{} equal to it."
+        },
+    )
+    outcome_weight: float = Field(
+        default=1.0, json_schema_extra={"description": "Weight of the outcome term."}
+    )
+    unscorable_reward: float = Field(
+        default=0.0,
+        json_schema_extra={
+            "description": "Process reward of a completion with no step to score (empty) or "
+            "whose steps do not fit the verifier's context."
+        },
+    )
+    retries: int = Field(
+        default=5,
+        ge=0,
+        json_schema_extra={
+            "description": "Retries of a failed or timed-out request (and of the start-up "
+            "health check) before training stops with an error."
+        },
+    )
+    backoff_s: float = Field(
+        default=0.5, gt=0, json_schema_extra={"description": "First retry delay (doubles)."}
+    )
+    timeout_s: float = Field(
+        default=600.0, gt=0, json_schema_extra={"description": "Seconds one request may take."}
+    )
+    max_concurrency: int = Field(
+        default=64, ge=1, json_schema_extra={"description": "Requests in flight per server."}
+    )
+    sandbox_workers: int = Field(
+        default=4,
+        ge=1,
+        json_schema_extra={"description": "Sandbox workers (cot+code code, math-verify)."},
+    )
 
 
 class GenPRMArgs(BaseModel):
@@ -25,5 +118,12 @@ class GenPRMArgs(BaseModel):
         json_schema_extra={
             "description": "At train start, log dataset facts to the run: steps per sample, "
             "share of Yes/No judgements, share of masked tokens."
+        },
+    )
+    genprm_reward: GenPRMRewardArgs | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "The GenPRM verifier behind the GRPO reward function "
+            "genprm_train.reward.genprm_reward (trl.reward_funcs)."
         },
     )

@@ -44,7 +44,14 @@ FULL_SFT = {
 LORA = "genprm-7b-lora.yml"
 CPU = "genprm-smollm2-cpu.yml"
 GPU_CONFIGS = sorted([*FULL_SFT, LORA])
+SFT_CONFIGS = sorted([*GPU_CONFIGS, CPU])
+# GRPO of a policy against a served GenPRM verifier (genprm_train.reward)
+GRPO_CPU = "genprm-grpo-smollm2-cpu.yml"
+GRPO_GPU = "grpo-qwen2.5-math-7b-genprm.yml"
+GRPO_CONFIGS = sorted([GRPO_CPU, GRPO_GPU])
+CPU_CONFIGS = (CPU, GRPO_CPU)
 ALL_CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yml"))
+REWARD_FUNC = "genprm_train.reward.genprm_reward"
 
 # An 8 x H100 node, as axolotl.cli.config.gpu_capabilities() would report it there.
 H100_CAPABILITIES = {
@@ -108,7 +115,7 @@ def validate(monkeypatch):
     def _validate(raw: dict, name: str) -> DictDefault:
         cfg = DictDefault(copy.deepcopy(raw))
         prepare_plugins(cfg)
-        if name == CPU:
+        if name in CPU_CONFIGS:
             from axolotl.cli.config import gpu_capabilities
 
             capabilities, env = gpu_capabilities()  # this machine, as `axolotl train` sees it
@@ -125,10 +132,10 @@ def validate(monkeypatch):
 
 
 def test_expected_configs_are_shipped():
-    assert ALL_CONFIGS == sorted([*GPU_CONFIGS, CPU])
+    assert ALL_CONFIGS == sorted([*SFT_CONFIGS, *GRPO_CONFIGS])
 
 
-@pytest.mark.parametrize("name", ALL_CONFIGS)
+@pytest.mark.parametrize("name", SFT_CONFIGS)
 def test_config_validates_and_keeps_genprm_keys(name, validate):
     raw = load_yaml(name)
     assert raw["plugins"] == [PLUGIN]
@@ -180,7 +187,7 @@ def test_every_deepspeed_path_exists_with_the_right_stage(name):
         assert path.is_file(), f"{name} names {rel}, which does not exist"
         json.loads(path.read_text(encoding="utf-8"))
 
-    if name == CPU:
+    if name in CPU_CONFIGS:
         assert "deepspeed" not in raw
         return
     stage = json.loads((REPO_ROOT / raw["deepspeed"]).read_text())["zero_optimization"]["stage"]
@@ -391,3 +398,93 @@ def test_deepspeed_config_is_complete_after_hf_fills_auto(name):
         assert zero.offload_optimizer is None and zero.offload_param is None
         assert "optimizer" not in raw  # axolotl's `optimizer:` and scheduler stay in charge
     assert "scheduler" not in raw  # axolotl's cosine + warmup_ratio
+
+
+@pytest.mark.parametrize("name", GRPO_CONFIGS)
+def test_grpo_config_validates_with_the_genprm_reward(name, validate):
+    from axolotl.core.trainers.grpo import GRPOStrategy
+
+    from genprm_train.reward import genprm_reward
+
+    raw = load_yaml(name)
+    assert raw["plugins"] == [PLUGIN]
+    cfg = validate(raw, name)
+
+    assert cfg.rl == "grpo"
+    assert cfg.trl.reward_funcs == [REWARD_FUNC]
+    assert GRPOStrategy.get_reward_func(REWARD_FUNC) is genprm_reward  # axolotl's own loader
+    assert cfg.trl.use_vllm is False  # vLLM lives in the other environment: HF generate here
+    # every step's completions form whole groups of num_generations (axolotl checks >=)
+    gpus = PAPER_GPUS if name == GRPO_GPU else 1
+    assert global_batch(cfg, gpus) % (cfg.trl.num_generations * gpus) == 0
+    reward = cfg.genprm_reward
+    assert reward["base_urls"] and all(url.endswith("/v1") for url in reward["base_urls"])
+    assert (reward["aggregation"], reward["answer_column"]) == ("min", "answer")
+    assert reward["outcome_weight"] == 1.0 and reward["problem_column"] == "problem"
+    # the dataset rows come from `python -m genprm_train.grpo`: no transform type
+    [ds] = cfg.datasets
+    assert ds["ds_type"] == "json" and not ds.get("type")
+    assert ds["path"] == ".cache/genprm/data/grpo-gsm8k-train.jsonl"
+    assert cfg.output_dir == f"outputs/{Path(name).stem}"
+    assert cfg.wandb_project == "genprm" and cfg.wandb_name == Path(name).stem
+
+
+def test_grpo_cpu_config(validate):
+    cfg = validate(load_yaml(GRPO_CPU), GRPO_CPU)
+    assert cfg.bf16 is False and cfg.fp16 is False and cfg.tf32 is False
+    assert cfg.attn_implementation == "sdpa"
+    assert not cfg.deepspeed and cfg.wandb_mode == "offline"
+    assert cfg.base_model == load_yaml(CPU)["base_model"]  # the embedded model, as `make model`
+    assert cfg.genprm_reward["mode"] == "direct"  # one short judgement per step on CPU
+    assert cfg.trl.num_generations == 2 and cfg.trl.max_completion_length <= 64
+
+
+def test_grpo_gpu_config(validate):
+    raw = load_yaml(GRPO_GPU)
+    assert isinstance(raw["learning_rate"], float)
+    assert stated_gpu_count(GRPO_GPU) == PAPER_GPUS
+    cfg = validate(raw, GRPO_GPU)
+    assert cfg.base_model == "Qwen/Qwen2.5-Math-7B"
+    assert cfg.bf16 is True and cfg.attn_implementation == "flash_attention_2"
+    assert cfg.deepspeed == "axolotl_configs/deepspeed/zero3_bf16.json"
+    assert cfg.genprm_reward["mode"] == "cot+code"
+    assert len(cfg.genprm_reward["base_urls"]) > 1
+    assert cfg.save_strategy == "steps" and cfg.auto_resume_from_checkpoints is True
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"agregation": "min"}, "agregation"),
+        ({"aggregation": "max"}, "aggregation"),
+        ({"mode": "code"}, "mode"),
+        ({"maj": 0}, "maj"),
+        ({"base_urls": []}, "base_urls"),
+    ],
+)
+def test_bad_genprm_reward_settings_are_rejected_by_key(change, named, validate):
+    raw = load_yaml(GRPO_CPU)
+    raw["genprm_reward"] = {**raw["genprm_reward"], **change}
+    with pytest.raises(ValueError) as excinfo:
+        validate(raw, GRPO_CPU)
+    assert f"genprm_reward.{named}" in str(excinfo.value)
+
+
+def test_the_plugin_connects_the_reward_or_says_what_is_missing(validate):
+    """GenPRMPlugin.post_trainer_create with a trainer that uses genprm_reward: no block is an
+    error; a block whose server is down fails there, before the first step."""
+    from genprm.testing.local_server import free_port
+    from genprm_train.plugin import GenPRMPlugin
+    from genprm_train.reward import RewardServerError, genprm_reward
+
+    trainer = SimpleNamespace(reward_funcs=[genprm_reward])
+    raw = load_yaml(GRPO_CPU)
+    del raw["genprm_reward"]
+    with pytest.raises(ValueError, match="no `genprm_reward:` block"):
+        GenPRMPlugin().post_trainer_create(validate(raw, GRPO_CPU), trainer)
+
+    raw = load_yaml(GRPO_CPU)
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    raw["genprm_reward"].update(base_urls=[down], retries=0)
+    with pytest.raises(RewardServerError, match=re.escape(down)):
+        GenPRMPlugin().post_trainer_create(validate(raw, GRPO_CPU), trainer)

@@ -1,5 +1,7 @@
-"""The console scripts: genprm-convert, genprm-model and genprm-train-report."""
+"""The console scripts: genprm-convert, genprm-model and genprm-train-report; the flags the
+genprm-eval commands share (verifier, policy engine)."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -458,3 +460,119 @@ def test_train_report_without_logged_loss_exits_1(tmp_path, capsys):
     )
     assert train_report.main([str(tmp_path)]) == 1
     assert "no logged loss" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- genprm-eval flags
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    from eval.cli import bon_parser, processbench_parser
+    from eval.refine import add_refine_parser
+
+    parser = argparse.ArgumentParser(prog="genprm-eval")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    processbench_parser(subparsers)
+    bon_parser(subparsers)
+    add_refine_parser(subparsers)
+    return parser
+
+
+VERIFIER_FLAGS = ["--maj", "8", "--mode", "cot", "--history", "independent",
+                  "--prompt-style", "upstream", "--budget", "100", "--sandbox-workers", "3",
+                  "--bwrap", "--concurrency", "5"]  # fmt: skip
+GENPRM_SETTINGS = {
+    "maj": 8, "mode": "cot", "history": "independent", "prompt_style": "upstream", "budget": 100,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["processbench", "bon", "refine"])
+def test_the_eval_commands_share_the_verifier_flags(command):
+    from eval.verifier_args import make_verifier, verifier_settings
+    from genprm.testing import ScriptedEngine
+
+    args = eval_parser().parse_args([command, "--out", "x", *VERIFIER_FLAGS])
+    assert verifier_settings(args) == GENPRM_SETTINGS
+    assert (args.sandbox_workers, args.bwrap) == (3, True)
+    verifier = make_verifier(args, ScriptedEngine({}), sandbox=None, seed=7)
+    assert (verifier.maj, verifier.mode, verifier.history, verifier.prompt_style) == (
+        8, "cot", "independent", "upstream",
+    )  # fmt: skip
+    assert (verifier.budget, verifier.concurrency, verifier.seed) == (100, 5, 7)
+    assert verifier.sandbox is None
+
+
+def test_refine_has_no_critic_and_cot_code_needs_the_sandbox(capsys):
+    from eval.verifier_args import make_verifier
+    from genprm.testing import ScriptedEngine
+
+    parser = eval_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["refine", "--out", "x", "--verifier", "critic"])
+    assert exit_.value.code == 2 and "--verifier" in capsys.readouterr().err
+    args = parser.parse_args(["refine", "--out", "x"])
+    with pytest.raises(ValueError, match="cot\\+code"):
+        make_verifier(args, ScriptedEngine({}), sandbox=None)
+
+
+def test_the_stored_settings_keys_are_unchanged():
+    """Output folders of earlier runs must still resume: the keys are the ones they hold."""
+    from eval.bon.runner import command_settings
+    from eval.refine import _settings
+
+    parser = eval_parser()
+    bon = parser.parse_args(["bon", "--out", "x", "--input", "p.jsonl", "--verifier", "critic",
+                             "--critic-samples", "8", "--critic-max-tokens", "10"])  # fmt: skip
+    assert command_settings(bon) == {
+        "input": "p.jsonl", "samples": None, "limit": None, "n": 8, "engine": "vllm",
+        "model": None, "verifier": "critic", "seed": 0, "subsets": bon.subsets,
+        "temperature": 0.7, "max_tokens": 1024, "policy": "engine", "critic_samples": 8,
+        "critic_max_tokens": 10,
+    }  # fmt: skip
+    bon = parser.parse_args(["bon", "--out", "x", "--samples", "s.jsonl", *VERIFIER_FLAGS])
+    assert list(command_settings(bon))[-5:] == list(GENPRM_SETTINGS)
+    refine = parser.parse_args(["refine", "--out", "x", "--policy-base-url", "http://p"])
+    assert list(_settings(refine)) == [
+        "engine", "model", "input", "samples", "limit", "shard", "turns", "policy_base_urls",
+        "policy_model", "system_prompt", "max_tokens", "seed", *GENPRM_SETTINGS,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["bon", "refine"])
+def test_without_a_policy_server_the_verifier_engine_generates(command, capsys):
+    from genprm.cli import policy_engine_from_args
+    from genprm.testing import ScriptedEngine
+
+    parser = eval_parser()
+    engine = ScriptedEngine({})
+    args = parser.parse_args([command, "--out", "x"])
+    assert policy_engine_from_args(parser, args, engine) is engine
+    repeated = ["--policy-base-url", "http://a/v1", "--policy-base-url", "http://b/v1"]
+    args = parser.parse_args([command, "--out", "x", *repeated, "--policy-model", "m"])
+    assert (args.policy_base_urls, args.policy_model) == (["http://a/v1", "http://b/v1"], "m")
+    args = parser.parse_args([command, "--out", "x", "--policy-tokenizer", "t"])
+    with pytest.raises(SystemExit) as exit_:
+        policy_engine_from_args(parser, args, engine)
+    assert exit_.value.code == 2
+    assert "--policy-tokenizer is for --policy-base-url" in capsys.readouterr().err
+
+
+@pytest.mark.vllm_server
+@pytest.mark.parametrize("command", ["bon", "refine"])
+def test_a_policy_server_gets_its_own_openai_engine(command, vllm_servers, vllm_api_key):
+    from genprm.backends import Request, SamplingParams
+    from genprm.cli import policy_engine_from_args
+    from genprm.testing import ScriptedEngine
+
+    parser = eval_parser()
+    engine = ScriptedEngine({})
+    url = vllm_servers[0].base_url
+    args = parser.parse_args([command, "--out", "x", "--policy-base-url", url])
+    policy = policy_engine_from_args(parser, args, engine)
+    try:
+        assert policy is not engine and policy.name == "openai"
+        assert [server.base_url for server in policy.servers] == [url]
+        assert policy.model  # the first model the servers serve
+        completion = policy.generate([Request("1+1=", SamplingParams(max_tokens=2))])[0]
+        assert completion.samples[0].token_ids
+    finally:
+        policy.close()

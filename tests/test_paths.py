@@ -1,12 +1,14 @@
-"""The cache folder helpers: a published folder replaces the old one in one step."""
+"""The cache folder helpers: a published folder replaces the old one in one step; a torn
+last line is cut off an appended file."""
 
 import fcntl
+import logging
 import multiprocessing
 import threading
 
 import pytest
 
-from genprm.paths import locked, publish_dir, staging_dir, write_atomically
+from genprm.paths import cut_torn_line, locked, publish_dir, staging_dir, write_atomically
 
 
 def test_publish_into_a_new_place(tmp_path):
@@ -89,3 +91,18 @@ def test_write_atomically_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert not list(target.parent.glob(".out.jsonl.tmp-*"))
     write_atomically(target, b"new\n")
     assert target.read_bytes() == b"new\n"
+
+
+def test_cut_torn_line_keeps_the_whole_lines_and_says_what_it_cut(tmp_path, caplog):
+    path = tmp_path / "lines.jsonl"
+    assert cut_torn_line(path) == b"" and not path.exists()
+    path.write_bytes(b'{"id": 1}\n{"id": 2}\n{"id"')
+    with caplog.at_level(logging.WARNING, logger="genprm.paths"):
+        assert cut_torn_line(path) == b'{"id": 1}\n{"id": 2}\n'
+    assert path.read_bytes() == b'{"id": 1}\n{"id": 2}\n'
+    assert f"{path}: cutting off a torn last line (5 bytes)" in caplog.text
+    caplog.clear()
+    assert cut_torn_line(path) == b'{"id": 1}\n{"id": 2}\n'  # whole lines: unchanged
+    assert path.read_bytes() == b'{"id": 1}\n{"id": 2}\n' and not caplog.text
+    path.write_bytes(b"torn")
+    assert cut_torn_line(path) == b"" and path.read_bytes() == b""

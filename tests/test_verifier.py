@@ -5,6 +5,7 @@ shared and independent histories, the cot and direct modes, and a context that i
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 
@@ -326,3 +327,24 @@ def test_invalid_options_are_value_errors():
 
 def test_first_wrong():
     assert first_wrong([]) == -1 and first_wrong([0.49]) == 0
+
+
+def test_scoring_step_by_step_continues_a_shared_state():
+    engine = ScriptedEngine(Protocol(p_yes={(1, 0): 0.8, (2, 0): 0.6}))
+    verifier = GenPRMVerifier(engine, mode="cot")
+    whole = verifier.score(PROBLEM, STEPS[:2])
+    before = len(engine.prompts)
+    first, state = asyncio.run(verifier.ascore_next(PROBLEM, STEPS[:1], verifier.start()))
+    # Two different second steps after one shared first: step 1 is not scored again.
+    second, after = asyncio.run(verifier.ascore_next(PROBLEM, STEPS[:2], state))
+    other, _ = asyncio.run(verifier.ascore_next(PROBLEM, [STEPS[0], "5 * 3 = 15."], state))
+    assert [first, second] == pytest.approx(whole.rewards) and after.turns == whole.turns
+    prompts = engine.prompts[before:]
+    assert len(prompts) == 2 + 2 + 2  # analysis and judgement per scored step
+    assert "5 * 3 = 15." in prompts[-1] and "5 * 2 = 10." not in prompts[-1]
+    assert other == pytest.approx(0.6)  # scripted by step number and path
+    # cot: the tokens generated are the turn less the prefixes the verifier wrote itself.
+    written = sum(len(ANALYZE_PREFIX.format(t=t)) + len(OUTPUT_PREFIX) for t in (1, 2))
+    assert after.tokens == sum(map(len, after.turns)) - written
+    with pytest.raises(ValueError, match="not the state before step 3"):
+        asyncio.run(verifier.ascore_next(PROBLEM, STEPS, state))

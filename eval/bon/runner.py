@@ -21,18 +21,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from eval.processbench.critic import critic_verdict
-from eval.processbench.runner import ResumeError, appender
+from eval.processbench.runner import appender, check_settings, write_settings
+from eval.verifier_args import make_verifier, verifier_settings
 from genprm.backends.types import EngineError
-from genprm.paths import write_atomically
+from genprm.paths import cut_torn_line
 
 from . import samples as bon_samples
 from .aggregate import compute_metrics
 from .report import CURVE, REPORT, text_table, write_report
-from .samples import SAMPLES, cut_torn_line
+from .samples import SAMPLES
 
 SCORES = "scores.jsonl"
 DEFAULT_N = 8
-SETTINGS = "settings.json"
 FREE_SETTINGS = ("subsets",)
 """Settings that only change the report, not stored work: a rerun may change them."""
 
@@ -42,35 +42,14 @@ def start(out: Path, settings: dict) -> None:
     other settings."""
     out.mkdir(parents=True, exist_ok=True)
     if any((out / name).exists() and (out / name).stat().st_size for name in (SAMPLES, SCORES)):
-        try:
-            recorded = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ResumeError(
-                f"cannot resume {out}: no readable {SETTINGS} ({type(error).__name__}); "
-                "delete the folder or choose another --out"
-            ) from None
-        keys = [k for k in {**recorded, **settings} if k not in FREE_SETTINGS]
-        changed = [
-            f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}"
-            for k in keys
-            if recorded.get(k) != settings.get(k)
-        ]
-        if changed:
-            raise ResumeError(
-                f"refusing to resume {out}: the settings changed ({', '.join(changed)}); "
-                "delete the folder or choose another --out"
-            )
-    write_atomically(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
+        check_settings(out, settings, FREE_SETTINGS)
+    write_settings(out, settings)
 
 
 def scored(out: Path) -> dict[str, dict]:
     """The score lines already in ``out/scores.jsonl``, by sample id (a torn last line is
     cut off first)."""
-    path = out / SCORES
-    cut_torn_line(path)
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = cut_torn_line(out / SCORES).decode("utf-8").splitlines()
     return {record["id"]: record for record in map(json.loads, filter(None, lines))}
 
 
@@ -158,6 +137,21 @@ def merge(samples: Sequence[dict], done: dict[str, dict]) -> list[dict]:
     return merged
 
 
+def views(samples: Sequence[dict]) -> list[dict]:
+    """What the Best-of-N arithmetic reads of each sample; a sample that could not be scored
+    ranks like one without steps, and an empty pool counts as one wrong sample."""
+    if not samples:
+        return [{"final_answer": None, "correct": False, "step_rewards": []}]
+    return [
+        {
+            "final_answer": sample["final_answer"],
+            "correct": bool(sample["correct"]),
+            "step_rewards": [] if sample.get("score_error") else sample["step_rewards"],
+        }
+        for sample in samples
+    ]
+
+
 def finish(
     out: Path, samples: Sequence[dict], settings: dict, title: str, subsets: int, seed: int
 ) -> dict:
@@ -166,20 +160,8 @@ def finish(
     merged = merge(samples, scored(out))
     bon_samples.write_samples(out / SAMPLES, merged)
     groups = bon_samples.by_problem(merged)
-    views = [
-        [
-            {
-                "final_answer": sample["final_answer"],
-                "correct": bool(sample["correct"]),
-                # a sample that could not be scored is ranked like one without steps
-                "step_rewards": [] if sample.get("score_error") else sample["step_rewards"],
-            }
-            for sample in group
-        ]
-        for group in groups
-    ]
     largest = max(len(group) for group in groups)
-    metrics = compute_metrics(views, largest, subsets, seed)
+    metrics = compute_metrics([views(group) for group in groups], largest, subsets, seed)
     notes = [f"{len(groups)} problems, {len(merged)} samples"]
     if len({len(group) for group in groups}) > 1:
         notes.append(
@@ -216,20 +198,12 @@ def command_settings(args) -> dict:
         settings.update(
             temperature=args.temperature,
             max_tokens=args.max_tokens,
-            policy=(args.policy_model or "served model") if args.policy_base_urls else "engine",
+            # which model generates (see genprm.cli.policy_engine_from_args)
+            policy=args.policy_model or ("served model" if args.policy_base_urls else "engine"),
         )
-    if args.verifier == "genprm":
-        settings.update(
-            maj=args.maj,
-            mode=args.mode,
-            history=args.history,
-            prompt_style=args.prompt_style,
-            budget=args.budget,
-        )
-    else:
-        settings.update(
-            critic_samples=args.critic_samples, critic_max_tokens=args.critic_max_tokens
-        )
+    settings.update(verifier_settings(args))
+    if args.verifier == "critic":
+        settings["critic_max_tokens"] = args.critic_max_tokens
     return settings
 
 
@@ -346,30 +320,17 @@ async def collect(
 def _work(parser, args, n: int, problems: list, samples: list) -> list:
     """Start the engines and the sandbox, then :func:`collect`."""
     from data_synthesis.policy import AnswerGrader
-    from genprm.backends import make_engine
-    from genprm.cli import engine_from_args
+    from genprm.cli import engine_from_args, policy_engine_from_args
     from genprm.sandbox import Sandbox
-    from genprm.verifier import GenPRMVerifier
 
     engine = policy_engine = sandbox = None
     try:
         engine = engine_from_args(parser, args)
-        policy_engine = engine
-        if args.policy_base_urls and problems:
-            policy_engine = make_engine(
-                "openai",
-                base_urls=args.policy_base_urls,
-                model=args.policy_model,
-                api_key_env=args.api_key_env,
-            )
+        policy_engine = policy_engine_from_args(parser, args, engine) if problems else engine
         sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
         if args.verifier == "genprm":
-            # unseeded, as in processbench (see samples.policy_params for seeds on vLLM CPU)
-            verifier = GenPRMVerifier(
-                engine, sandbox if args.mode == "cot+code" else None, maj=args.maj,
-                mode=args.mode, history=args.history, prompt_style=args.prompt_style,
-                budget=args.budget, concurrency=args.concurrency,
-            )  # fmt: skip
+            # unseeded, as in processbench
+            verifier = make_verifier(args, engine, sandbox)
 
             def scorer(pending, write, progress):
                 return score_genprm(verifier, pending, write, progress)

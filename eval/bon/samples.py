@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from data_synthesis.policy import AnswerGrader, policy_context, policy_request
 from genprm.backends.types import Engine, SamplingParams
 from genprm.grading import extract_boxed
-from genprm.paths import write_atomically
+from genprm.paths import cut_torn_line, write_atomically
 from genprm.steps import split_paragraphs
 
 SAMPLES = "samples.jsonl"
@@ -58,16 +57,6 @@ def make_sample(problem: dict, index: int, text: str, tokens: int | None = None)
 
 def sample_line(sample: dict) -> bytes:
     return (json.dumps(sample, ensure_ascii=False) + "\n").encode()
-
-
-def cut_torn_line(path: Path) -> None:
-    """Cut a last line without its newline (a write killed midway) off ``path``."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete != len(data):
-        os.truncate(path, complete)
 
 
 def read_samples(path: Path, limit: int | None = None, n: int | None = None) -> list[dict]:
@@ -120,11 +109,8 @@ def read_samples(path: Path, limit: int | None = None, n: int | None = None) -> 
 def generated_problems(path: Path, n: int) -> dict[str, list[dict]]:
     """The problems whose ``n`` samples are all in ``path`` (from an earlier run), by id.
     A torn last line and the lines of incomplete problems are removed from the file."""
-    if not path.exists() or path.stat().st_size == 0:
-        return {}
-    cut_torn_line(path)
     by_problem: dict[str, list[dict]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in cut_torn_line(path).decode("utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
             by_problem.setdefault(record["problem_id"], []).append(record)
@@ -136,12 +122,7 @@ def generated_problems(path: Path, n: int) -> dict[str, list[dict]]:
 
 
 def policy_params(n: int, temperature: float, max_tokens: int, seed: int | None) -> SamplingParams:
-    """One request's sampling settings for ``n`` samples; a negative ``seed`` is no seed.
-
-    vLLM 0.32's CPU worker fails on a seeded request whose prefill it splits ("CPU Generator
-    does not use offset"): with many long prompts in flight on CPU, pass ``--seed -1`` or give
-    the engine a larger ``max_num_batched_tokens``.
-    """
+    """One request's sampling settings for ``n`` samples; a negative ``seed`` is no seed."""
     if seed is not None and seed < 0:
         seed = None
     return SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)

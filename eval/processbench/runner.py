@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from genprm.paths import write_atomically
+from genprm.paths import cut_torn_line, write_atomically
 
 from .critic import critic_verdict
 from .data import Row
@@ -34,31 +34,42 @@ def finished_ids(
     results: str = PREDICTIONS,
     read_ids: Callable[[Path], Iterable[str]] = read_predictions,
 ) -> set[str]:
-    """The ids already in ``out/<results>`` (read with ``read_ids``), once
-    ``out/settings.json`` shows that it was written with ``settings``."""
+    """The ids already in ``out/<results>`` (read with ``read_ids``; a torn last line is cut
+    off first), once :func:`check_settings` shows that it was written with ``settings``."""
     path = out / results
     if not path.exists() or path.stat().st_size == 0:
         return set()
+    check_settings(out, settings)
+    cut_torn_line(path)
+    return set(read_ids(path))
+
+
+def check_settings(out: Path, settings: dict, free: Iterable[str] = ()) -> None:
+    """ResumeError unless ``out/settings.json`` records ``settings`` (a key missing on one
+    side counts as None); the keys in ``free`` may differ. For a folder that holds work."""
     try:
         recorded = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ResumeError(
-            f"cannot resume {path}: no readable {SETTINGS} beside it "
-            f"({type(error).__name__}); delete the folder or choose another --out"
+            f"cannot resume {out}: no readable {SETTINGS} ({type(error).__name__}); "
+            "delete the folder or choose another --out"
         ) from None
+    free = set(free)
     changed = [
-        f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in settings.items() if recorded.get(k) != v
+        f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}"
+        for k in {**recorded, **settings}
+        if k not in free and recorded.get(k) != settings.get(k)
     ]
     if changed:
         raise ResumeError(
             f"refusing to resume {out}: the settings changed ({', '.join(changed)}); "
             "delete the folder or choose another --out"
         )
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete != len(data):
-        os.truncate(path, complete)
-    return set(read_ids(path))
+
+
+def write_settings(out: Path, settings: dict) -> None:
+    """``out/settings.json`` (atomically): what :func:`check_settings` checks on a rerun."""
+    write_atomically(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
 
 
 def prediction_line(row: Row, prediction: int | None, **extra) -> bytes:
@@ -114,7 +125,7 @@ def start(
     """Prepare ``out`` for a run with ``settings``; the ids already finished there."""
     out.mkdir(parents=True, exist_ok=True)
     done = finished_ids(out, settings, results, read_ids)
-    write_atomically(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
+    write_settings(out, settings)
     return done
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .types import (
     Completion,
+    ContextTooLong,
     Counters,
     Engine,
     EngineError,
@@ -24,6 +25,7 @@ from .types import (
 
 __all__ = [
     "Completion",
+    "ContextTooLong",
     "Counters",
     "Engine",
     "EngineError",

