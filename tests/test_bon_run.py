@@ -9,8 +9,6 @@ import asyncio
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,8 +22,8 @@ from eval.processbench.runner import ResumeError
 from genprm.format import OUTPUT_END, OUTPUT_PREFIX, SYSTEM_POLICY
 from genprm.testing import Scripted, ScriptedEngine
 from genprm.verifier import GenPRMVerifier
+from tests.eval_commands import MATH500, eval_command, run_eval
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"verifier": "genprm", "mode": "direct", "n": 4}
 N = 4
 PROBLEMS = [
@@ -236,12 +234,10 @@ def test_the_bon_command_refuses_a_missing_input(tmp_path, capsys):
 
 
 def bon_command(server, out: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "eval.cli", "bon", "--engine", "openai",
-        "--base-url", server.base_url, "--input", str(REPO.parent / "shared" / "data" /
-        "math500" / "test.jsonl"), "--limit", "2", "--n", "4", "--budget", "24",
-        "--mode", "direct", "--max-tokens", "64", "--sandbox-workers", "1", "--out", str(out),
-    ]  # fmt: skip
+    return eval_command(
+        "bon", server, out, "--input", str(MATH500), "--limit", "2", "--n", "4",
+        "--budget", "24", "--mode", "direct", "--max-tokens", "64",
+    )  # fmt: skip
 
 
 @pytest.mark.vllm_server
@@ -249,7 +245,7 @@ def test_the_command_on_a_vllm_server_runs_end_to_end_and_resumes(
     vllm_servers, vllm_api_key, tmp_path
 ):
     command = bon_command(vllm_servers[0], tmp_path)
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run_eval(command, timeout_s=600)
     assert done.returncode == 0, done.stderr[-5000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {
@@ -269,7 +265,7 @@ def test_the_command_on_a_vllm_server_runs_end_to_end_and_resumes(
     assert "report:" in done.stdout
     before = (tmp_path / runner.SCORES).read_bytes()
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = run_eval(command, timeout_s=600)
     assert again.returncode == 0, again.stderr[-5000:]
     assert "2 problems already sampled" in again.stderr
     assert (tmp_path / runner.SCORES).read_bytes() == before  # nothing scored again

@@ -10,8 +10,6 @@ import asyncio
 import json
 import math
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +29,7 @@ from genprm.steps import split_policy_steps
 from genprm.testing import Scripted, ScriptedEngine
 from genprm.testing.scripted import CharTokenizer
 from genprm.verifier import GenPRMVerifier
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.eval_commands import MATH500, eval_command, run_eval
 
 # ------------------------------------------------------------------------- the search core
 
@@ -359,13 +356,11 @@ def test_the_command_refuses_bad_settings_and_a_missing_input(tmp_path, capsys):
 
 
 def search_command(server, out: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "eval.cli", "search", "--engine", "openai",
-        "--base-url", server.base_url, "--input", str(REPO.parent / "shared" / "data" /
-        "math500" / "test.jsonl"), "--limit", "1", "--n", "4", "--beam-width", "2",
-        "--max-steps", "2", "--mode", "cot", "--budget", "48", "--max-step-tokens", "48",
-        "--sandbox-workers", "1", "--out", str(out),
-    ]  # fmt: skip
+    return eval_command(
+        "search", server, out, "--input", str(MATH500), "--limit", "1", "--n", "4",
+        "--beam-width", "2", "--max-steps", "2", "--mode", "cot", "--budget", "48",
+        "--max-step-tokens", "48",
+    )  # fmt: skip
 
 
 @pytest.mark.vllm_server
@@ -373,7 +368,7 @@ def test_the_command_on_a_vllm_server_runs_end_to_end_and_resumes(
     vllm_servers, vllm_api_key, tmp_path
 ):
     command = search_command(vllm_servers[0], tmp_path)
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = run_eval(command, timeout_s=1800)
     assert done.returncode == 0, done.stderr[-5000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {
@@ -396,7 +391,7 @@ def test_the_command_on_a_vllm_server_runs_end_to_end_and_resumes(
         for name in (runner.SEARCH, "bon/samples.jsonl", "bon/scores.jsonl")
     }
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = run_eval(command, timeout_s=600)
     assert again.returncode == 0, again.stderr[-5000:]
     assert "1 problems already searched" in again.stderr
     assert {name: (tmp_path / name).read_bytes() for name in stored} == stored  # no new work
