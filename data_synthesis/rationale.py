@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from genprm.backends.types import Engine, Request, Sample, SamplingParams
+from genprm.backends.types import ContextTooLong, Engine, Request, Sample, SamplingParams
 from genprm.codeloop import CODE_BLOCK, CodeLoop, run_code_loop
 from genprm.format import (
     FINAL_CONCLUSION,
@@ -160,7 +160,7 @@ class RationaleStage(Stage):
             "no_verdict": int(first_error is None),
             "no_verify": int(end < 0),
             "unfinished": int(outcome.final is None),
-            "context_full": int(self._room(context + text) < 1),
+            "context_full": int(self._fit(self._encode(context + text), self._params()) is None),
             "invalid_votes": len(votes) - len(valid),
             "paragraphs": len(steps),
             "paragraphs_unparsed": rationales.count(None),
@@ -201,25 +201,26 @@ class RationaleStage(Stage):
     async def _complete(self, prompt: str, params: SamplingParams) -> list[Sample]:
         """The samples for ``prompt`` (sent as token ids), within the model's context. Without
         room left they are empty and cut by length, which ends the code loop."""
-        ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False)
-        room = self._room(ids)
-        if room < 1:
+        ids = self._encode(prompt)
+        fitted = self._fit(ids, params)
+        if fitted is None:
             return [Sample("", [], "length")] * params.n
-        completion = await self.engine.agenerate(
-            Request(ids, replace(params, max_tokens=min(params.max_tokens, room)))
-        )
-        return completion.samples
+        return (await self.engine.agenerate(Request(ids, fitted))).samples
 
-    def _room(self, prompt: str | list[int]) -> float:
-        """Tokens the model's context leaves after ``prompt`` (infinite when unknown)."""
-        limit = self.engine.max_model_len
-        if limit is None:
-            return float("inf")
-        ids = self._count(prompt) if isinstance(prompt, str) else len(prompt)
-        return limit - ids
+    def _fit(self, ids: list[int], params: SamplingParams) -> SamplingParams | None:
+        """``params`` capped to the context ``ids`` leave (``Engine.fit_to_context``); None when
+        they leave no room."""
+        try:
+            return self.engine.fit_to_context(ids, params)
+        except ContextTooLong:
+            return None
+
+    def _encode(self, text: str) -> list[int]:
+        """``text`` as token ids: the chat template already holds the special tokens."""
+        return self.engine.tokenizer.encode(text, add_special_tokens=False)
 
     def _count(self, text: str) -> int:
-        return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
+        return len(self._encode(text))
 
 
 def _problem_and_steps(record: dict[str, Any]) -> tuple[str, list[str]]:
