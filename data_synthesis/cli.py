@@ -11,7 +11,11 @@
     genprm-synth export --input filter.jsonl --out runs/synth/export
 
 Every stage appends records as they finish and resumes by id when rerun (after a crash, even
-``kill -9``); ``--shard I/N`` processes every N-th input record from the I-th.
+``kill -9``); ``--shard I/N`` processes every N-th input record from the I-th. ``--executor ray``
+runs the records on the actors of a Ray cluster (one engine each) and writes the same files:
+
+    genprm-synth run configs/paper.yml --input problems.jsonl --out runs/synth \\
+        --executor ray --ray-address auto
 """
 
 from __future__ import annotations
@@ -19,13 +23,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
-from genprm.backends import EngineError
-from genprm.cli import add_engine_arguments, engine_from_args
+from genprm.backends import EngineError, make_engine
+from genprm.cli import add_engine_arguments, engine_options
+from genprm.cluster import add_executor_arguments, ray_options
 
 from .config import ConfigError, load_config
-from .pipeline import EXPORT_DIR, RECORD_STAGES, Engines, run_chain, run_export, run_one
+from .pipeline import (
+    EXPORT_DIR,
+    RECORD_STAGES,
+    SynthTools,
+    open_pool,
+    run_chain,
+    run_export,
+    run_one,
+)
 from .runner import StageFailed, StageSummary
 from .store import InputError, ResumeError, parse_shard
 from .tracking import Tracker
@@ -50,6 +64,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--wandb-project", help="log stage stats, histograms and a sample table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,8 +130,9 @@ def _stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 config.stages.setdefault("label", {})[key] = getattr(args, key)
     make = None
     if args.command in ENGINE_STAGES and not args.config_engines:
-        make = lambda: engine_from_args(args.stage_parser, args)  # noqa: E731
-    engines = Engines(config, make)
+        make = partial(make_engine, **engine_options(args.stage_parser, args))
+    tools = SynthTools(config, make)
+    pool = open_pool(ray_options(args), config, make)
     tracker = Tracker(args.wandb_project, args.command, config, args.output.parent)
     try:
         summary = run_one(
@@ -124,14 +140,17 @@ def _stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             config,
             args.input,
             args.output,
-            engines,
+            tools,
             limit=args.limit,
             shard=args.shard,
             skip_invalid=args.skip_invalid,
             progress=not args.no_progress,
+            pool=pool,
         )
     finally:
-        engines.close()
+        if pool is not None:
+            pool.close()
+        tools.close()
     tracker.stage(summary)
     tracker.finish()
     _print_summaries([summary])
@@ -150,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid,
         progress=not args.no_progress,
         on_stage=tracker.stage,
+        ray=ray_options(args),
     )
     tracker.export(exported, args.out / EXPORT_DIR)
     tracker.finish()

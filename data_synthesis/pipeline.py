@@ -2,20 +2,24 @@
 whole chain (``genprm-synth run``), each reading the previous stage's file.
 
 Engines are made when a stage first needs its role's, shared by roles with equal options (on one
-CPU every role is the embedded model: one engine), and closed at the end.
+CPU every role is the embedded model: one engine), and closed at the end. With
+``--executor ray`` every Ray actor makes its own (:class:`SynthTools`) and the records are
+written here, exactly as in a local run.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from genprm.backends import Engine, make_engine
+from genprm.cluster import RayOptions, RayPool
 from genprm.sandbox import Sandbox
 
-from .config import STAGES, SynthConfig
+from .config import ROLES, STAGES, SynthConfig
 from .problems import load_problems
 from .runner import StageSummary, run_stage
 from .stage import Stage
@@ -23,6 +27,7 @@ from .store import InputError, in_shard, read_records
 
 EXPORT_DIR = "export"
 RECORD_STAGES = STAGES[:-1]  # export writes a folder, not records
+SANDBOX_STAGES = ("solve", "rollout", "rationale")
 
 
 class Engines:
@@ -74,6 +79,50 @@ def make_sandbox(config: SynthConfig) -> Sandbox:
     options = dict(config.sandbox)
     options.setdefault("workers", os.cpu_count() or 2)
     return Sandbox(**options)
+
+
+class SynthTools:
+    """What a run's stages work with, in this process or in each Ray actor: the engines
+    (:class:`Engines`), one sandbox started when a stage first needs it, and each stage, built
+    once per output (the rollout stage keeps MC(s_0) of the problems it has seen)."""
+
+    def __init__(self, config: SynthConfig, make: Callable[[], Engine] | None = None):
+        self.config = config
+        self.engines = Engines(config, make)
+        self._sandbox: Sandbox | None = None
+        self._stages: dict[tuple[str, Path], Stage] = {}
+
+    def stage(self, name: str, output: Path) -> Stage:
+        if (name, output) not in self._stages:
+            if name in SANDBOX_STAGES and self._sandbox is None:
+                self._sandbox = make_sandbox(self.config)
+            sandbox = self._sandbox if name in SANDBOX_STAGES else None
+            self._stages[name, output] = build_stage(
+                name, self.config, self.engines, sandbox, output
+            )
+        return self._stages[name, output]
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+        self.engines.close()
+
+
+def open_pool(
+    ray: RayOptions | None, config: SynthConfig, make: Callable[[], Engine] | None = None
+) -> RayPool | None:
+    """The Ray actors of ``--executor ray`` (started on first use), each with its own
+    :class:`SynthTools`; None for a local run. ``make`` must pickle (a ``functools.partial``
+    of :func:`~genprm.backends.make_engine`)."""
+    if ray is None:
+        return None
+    if isinstance(make, partial):
+        options = [make.keywords]
+    else:
+        options = [config.engine_options(role) for role in ROLES]
+    tp = max(int(option.get("tensor_parallel_size") or 1) for option in options)
+    return RayPool(ray, partial(SynthTools, config, make), tp=tp)
 
 
 def build_stage(
@@ -134,31 +183,32 @@ def run_one(
     config: SynthConfig,
     source: str | Path,
     output: Path,
-    engines: Engines,
+    tools: SynthTools,
     *,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
     skip_invalid: bool = False,
     progress: bool = True,
+    pool: RayPool | None = None,
 ) -> StageSummary:
-    """One record stage from ``source`` into ``output``."""
-    sandbox = make_sandbox(config) if name in ("solve", "rollout", "rationale") else None
-    try:
-        stage = build_stage(name, config, engines, sandbox, output)
-        records, skipped = stage_records(
-            name, source, config, stage.needs, limit=limit, shard=shard, skip_invalid=skip_invalid
-        )
-        summary = run_stage(
-            stage,
-            records,
-            output,
-            concurrency=config.concurrency,
-            skip_invalid=skip_invalid,
-            progress=progress,
-        )
-    finally:
-        if sandbox is not None:
-            sandbox.close()
+    """One record stage from ``source`` into ``output``, with ``tools`` here or on ``pool``'s
+    actors (then the stage is built here without a sandbox, for its settings alone)."""
+    if pool is None:
+        stage = tools.stage(name, output)
+    else:
+        stage = build_stage(name, config, tools.engines, None, output)
+    records, skipped = stage_records(
+        name, source, config, stage.needs, limit=limit, shard=shard, skip_invalid=skip_invalid
+    )
+    summary = run_stage(
+        stage,
+        records,
+        output,
+        concurrency=config.concurrency,
+        skip_invalid=skip_invalid,
+        progress=progress,
+        pool=pool,
+    )
     summary.skipped[:0] = skipped
     return summary
 
@@ -181,10 +231,13 @@ def run_chain(
     skip_invalid: bool = False,
     progress: bool = True,
     on_stage=None,
+    ray: RayOptions | None = None,
 ) -> tuple[list[StageSummary], dict[str, Any]]:
     """Every stage in order into ``out``: ``<stage>.jsonl`` each, then ``export/``.
-    ``on_stage(summary)`` is called as each stage finishes (W&B logging)."""
-    engines = Engines(config)
+    ``on_stage(summary)`` is called as each stage finishes (W&B logging). With ``ray``, one
+    set of actors serves every stage."""
+    tools = SynthTools(config)
+    pool = open_pool(ray, config)
     summaries = []
     previous: str | Path = source
     try:
@@ -195,17 +248,20 @@ def run_chain(
                 config,
                 previous,
                 output,
-                engines,
+                tools,
                 limit=limit if name == "solve" else None,
                 shard=shard if name == "solve" else None,
                 skip_invalid=skip_invalid,
                 progress=progress,
+                pool=pool,
             )
             summaries.append(summary)
             if on_stage is not None:
                 on_stage(summary)
             previous = output
     finally:
-        engines.close()
+        if pool is not None:
+            pool.close()
+        tools.close()
     exported = run_export(out / "filter.jsonl", out / EXPORT_DIR, config)
     return summaries, exported

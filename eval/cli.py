@@ -5,6 +5,8 @@
     genprm-eval processbench --engine openai --base-url http://node1:8000/v1 --out runs/x
     genprm-eval processbench --verifier critic --critic-samples 8 --out runs/critic
     genprm-eval processbench --predictions elsewhere.jsonl --out runs/scored
+    genprm-eval processbench --engine vllm --model GenPRM/GenPRM-7B --executor ray \\
+        --ray-address auto --out runs/genprm-7b
     genprm-eval bon --input ../shared/data/math500/test.jsonl --limit 50 --n 16 --maj 8 \\
         --engine vllm --model outputs/genprm-7b --out runs/bon
     genprm-eval refine --input ../shared/data/math500/test.jsonl --limit 50 --out runs/refine
@@ -22,10 +24,12 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from genprm.backends import EngineError
-from genprm.cli import add_engine_arguments, add_policy_engine_arguments, engine_from_args
+from genprm.cli import add_engine_arguments, add_policy_engine_arguments, engine_options
+from genprm.cluster import add_executor_arguments
 
 from .processbench import runner
 from .processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
@@ -33,7 +37,7 @@ from .processbench.metrics import score_predictions
 from .processbench.report import write_report
 from .refine import add_refine_parser, run_refine
 from .search.cli import add_search_parser, run_search
-from .verifier_args import add_verifier_arguments, make_verifier, verifier_settings
+from .verifier_args import VerifierTools, add_verifier_arguments, verifier_settings
 
 SAMPLE_ROWS = 20  # solutions whose rationales go to W&B
 
@@ -72,6 +76,7 @@ def processbench_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64, help="solutions in flight")
     parser.add_argument("--wandb-project", help="log metrics, the plot and sample rationales")
     add_engine_arguments(parser)
+    add_executor_arguments(parser)
     return parser
 
 
@@ -116,6 +121,7 @@ def bon_parser(subparsers) -> argparse.ArgumentParser:
     add_policy_engine_arguments(parser)
     parser.add_argument("--wandb-project", help="log the metrics per n and the curve")
     add_engine_arguments(parser)
+    add_executor_arguments(parser)
     return parser
 
 
@@ -231,49 +237,38 @@ def _evaluate(parser, args, rows) -> int:
 
 
 def _score_pending(parser, args, pending) -> int:
-    from tqdm import tqdm
+    from genprm.cluster import RayPool, on_actors, ray_options
 
-    engine = engine_from_args(parser, args)
-    sandbox = None
-    try:
-        write = runner.appender(args.out / runner.PREDICTIONS)
-        bar = tqdm(total=len(pending), unit="solution", desc="processbench", file=sys.stderr)
-        steps = 0
-
-        def progress(scored_steps: int) -> None:
-            nonlocal steps
-            steps += scored_steps
-            bar.update(1)
-            bar.set_postfix(steps=steps)
-
-        started = time.monotonic()
-        if args.verifier == "critic":
-            coroutine = runner.run_critic(
-                engine, pending, write, progress,
-                args.critic_samples, args.max_tokens, args.concurrency,
-            )  # fmt: skip
-        else:
-            if args.mode == "cot+code":
-                from genprm.sandbox import Sandbox
-
-                sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
-            verifier = make_verifier(args, engine, sandbox)
-            coroutine = runner.run_genprm(verifier, pending, write, progress)
-        asyncio.run(coroutine)
-        bar.close()
-        counters = engine.counters
-        wall = time.monotonic() - started
-        busy = counters.wall_s / wall if wall else 0.0
-        print(
-            f"genprm-eval: {len(pending)} solutions, {steps} steps in {wall:.1f} s; "
+    make_tools = partial(
+        VerifierTools,
+        args,
+        engine_options(parser, args),
+        sandbox=args.verifier == "genprm" and args.mode == "cot+code",
+    )
+    write = runner.appender(args.out / runner.PREDICTIONS)
+    progress = runner.StepProgress(len(pending), "solution", "processbench")
+    started = time.monotonic()
+    ray = ray_options(args)
+    if ray is None:
+        with make_tools() as tools:
+            asyncio.run(runner.score_rows(args, tools, pending, write, progress))
+            counters = tools.engine.counters
+        usage = (
             f"{counters.requests} requests, {counters.generated_tokens} tokens, "
-            f"engine busy {busy:.0%} of the time",
-            file=sys.stderr,
+            f"engine busy {counters.wall_s / (time.monotonic() - started):.0%} of the time"
         )
-    finally:
-        if sandbox is not None:
-            sandbox.close()
-        engine.close()
+    else:
+        with RayPool(ray, make_tools, tp=args.tp) as pool:
+            pool.start()
+            score = on_actors(pool, partial(runner.score_rows, args))
+            asyncio.run(score(pending, write, progress))
+            usage = f"{len(pool.actors)} Ray actors"
+    progress.close()
+    print(
+        f"genprm-eval: {len(pending)} solutions, {progress.steps} steps in "
+        f"{time.monotonic() - started:.1f} s; {usage}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -74,6 +74,55 @@ def verifier_settings(args: argparse.Namespace) -> dict:
     }
 
 
+class VerifierTools:
+    """What a scoring command works with, made from the flags' engine options (here, or in
+    each Ray actor): ``engine``, ``policy_engine`` (``engine`` itself without
+    ``policy_options``), a ``sandbox`` when asked for (``cot+code`` and answer grading) and,
+    for ``--verifier genprm``, the ``verifier``. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        engine_options: dict,
+        policy_options: dict | None = None,
+        *,
+        sandbox: bool = True,
+    ):
+        from genprm.backends import make_engine
+        from genprm.sandbox import Sandbox
+
+        self.engine = self.policy_engine = None
+        self.sandbox = self.verifier = None
+        try:
+            self.engine = make_engine(**engine_options)
+            self.policy_engine = self.engine
+            if policy_options is not None:
+                self.policy_engine = make_engine(**policy_options)
+            if sandbox:
+                self.sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
+            if getattr(args, "verifier", "genprm") == "genprm":
+                # unseeded, as in processbench
+                self.verifier = make_verifier(args, self.engine, self.sandbox)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+        if self.policy_engine is not None and self.policy_engine is not self.engine:
+            self.policy_engine.close()
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = self.policy_engine = self.sandbox = self.verifier = None
+
+    def __enter__(self) -> VerifierTools:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def make_verifier(
     args: argparse.Namespace, engine, sandbox, seed: int | None = None
 ) -> GenPRMVerifier:

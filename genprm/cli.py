@@ -68,15 +68,21 @@ _ENGINE_FLAGS = {
 def engine_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Engine:
     """The engine the flags of :func:`add_engine_arguments` describe; flags that do not fit
     the chosen engine are reported through ``parser.error`` (usage and exit status 2)."""
+    return make_engine(**engine_options(parser, args))
+
+
+def engine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The :func:`~genprm.backends.make_engine` options of :func:`engine_from_args` (checked
+    the same way): what a process elsewhere (a Ray actor) needs to build the same engine."""
     for engine, flags in _ENGINE_FLAGS.items():
         for dest, flag in flags.items():
             if engine != args.engine and getattr(args, dest) != parser.get_default(dest):
                 parser.error(f"{flag} is for --engine {engine}")
     if args.engine == "vllm":
-        return _vllm_engine(args, args.model)
+        return _vllm_options(args, args.model)
     if not args.base_urls:
         parser.error("--engine openai needs at least one --base-url")
-    return _openai_engine(args, args.base_urls, args.model, args.tokenizer)
+    return _openai_options(args, args.base_urls, args.model, args.tokenizer)
 
 
 def add_policy_engine_arguments(
@@ -111,18 +117,27 @@ def policy_engine_from_args(
     engine on the ``--policy-base-url`` servers (with ``--api-key-env`` and
     ``--max-concurrency``), else a vllm engine of ``--policy-model`` (with the vllm flags),
     else ``verifier_engine`` itself. The caller closes it unless it is ``verifier_engine``."""
+    options = policy_engine_options(parser, args)
+    return verifier_engine if options is None else make_engine(**options)
+
+
+def policy_engine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
+    """The :func:`~genprm.backends.make_engine` options of :func:`policy_engine_from_args`,
+    or None when the verifier's engine writes the solutions."""
     if args.policy_base_urls:
-        return _openai_engine(args, args.policy_base_urls, args.policy_model, args.policy_tokenizer)
+        return _openai_options(
+            args, args.policy_base_urls, args.policy_model, args.policy_tokenizer
+        )
     if args.policy_tokenizer is not None:
         parser.error("--policy-tokenizer is for --policy-base-url")
     if args.policy_model:
-        return _vllm_engine(args, args.policy_model)
-    return verifier_engine
+        return _vllm_options(args, args.policy_model)
+    return None
 
 
-def _vllm_engine(args: argparse.Namespace, model: str | None) -> Engine:
-    return make_engine(
-        "vllm",
+def _vllm_options(args: argparse.Namespace, model: str | None) -> dict:
+    return dict(
+        engine="vllm",
         model=model,
         tensor_parallel_size=args.tp,
         data_parallel_size=args.dp,
@@ -133,11 +148,11 @@ def _vllm_engine(args: argparse.Namespace, model: str | None) -> Engine:
     )
 
 
-def _openai_engine(
+def _openai_options(
     args: argparse.Namespace, base_urls: list[str], model: str | None, tokenizer: str | None
-) -> Engine:
-    return make_engine(
-        "openai",
+) -> dict:
+    return dict(
+        engine="openai",
         base_urls=base_urls,
         model=model,
         tokenizer=tokenizer,

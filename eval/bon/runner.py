@@ -18,11 +18,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from eval.processbench.critic import critic_verdict
-from eval.processbench.runner import appender, check_settings, write_settings
-from eval.verifier_args import make_verifier, verifier_settings
+from eval.processbench.runner import StepProgress, appender, check_settings, write_settings
+from eval.verifier_args import VerifierTools, verifier_settings
 from genprm.backends.types import EngineError
 from genprm.paths import cut_torn_line
 
@@ -266,16 +267,18 @@ async def collect(
     n: int,
     params=None,
     policy_engine=None,
+    generator: Callable | None = None,
     grader,
     scorer: Callable,
     concurrency: int = 64,
     bars: bool = False,
 ) -> list[dict]:
     """The run's samples, in problem order, once everything missing is done: ``problems``
-    whose ``n`` samples are not in ``out/samples.jsonl`` are generated with ``policy_engine``
-    and ``params`` (else ``samples`` are used as given), ungraded samples graded, and the
-    samples without a line in ``out/scores.jsonl`` scored with ``await scorer(pending, write,
-    progress)`` (see :func:`score_genprm`, :func:`score_critic`)."""
+    whose ``n`` samples are not in ``out/samples.jsonl`` are generated (``await
+    generator(pending, write, progress)``; by default :func:`bon_samples.generate` with
+    ``policy_engine`` and ``params``), else ``samples`` are used as given; ungraded samples are
+    graded, and the samples without a line in ``out/scores.jsonl`` scored with ``await
+    scorer(pending, write, progress)`` (see :func:`score_shard`)."""
     from tqdm import tqdm
 
     if problems:
@@ -284,10 +287,14 @@ async def collect(
         if pending_problems:
             bar = tqdm(total=len(pending_problems) * n, unit="sample", desc="generate",
                        file=sys.stderr, disable=not bars)  # fmt: skip
-            await bon_samples.generate(
-                policy_engine, pending_problems, params, grader, appender(out / SAMPLES),
-                bar.update, concurrency,
-            )  # fmt: skip
+            write = appender(out / SAMPLES)
+            if generator is None:
+                await bon_samples.generate(
+                    policy_engine, pending_problems, params, grader, write, bar.update,
+                    concurrency,
+                )  # fmt: skip
+            else:
+                await generator(pending_problems, write, bar.update)
             bar.close()
             done_problems = bon_samples.generated_problems(out / SAMPLES, n)
         samples = [sample for p in problems for sample in done_problems[p["id"]]]
@@ -295,68 +302,86 @@ async def collect(
     await bon_samples.grade(samples, grader)
     pending = to_score(samples, scored(out))
     if pending:
-        bar = tqdm(total=len(pending), unit="sample", desc="score", file=sys.stderr,
-                   disable=not bars)  # fmt: skip
-        steps = 0
-
-        def progress(scored_steps: int) -> None:
-            nonlocal steps
-            steps += scored_steps
-            bar.update(1)
-            bar.set_postfix(steps=steps)
-
+        progress = StepProgress(len(pending), "sample", "score", disable=not bars)
         started = time.monotonic()
         await scorer(pending, appender(out / SCORES), progress)
-        bar.close()
+        progress.close()
         if bars:
             print(
-                f"genprm-eval: scored {len(pending)} samples, {steps} steps in "
+                f"genprm-eval: scored {len(pending)} samples, {progress.steps} steps in "
                 f"{time.monotonic() - started:.1f} s",
                 file=sys.stderr,
             )
     return samples
 
 
-def _work(parser, args, n: int, problems: list, samples: list) -> list:
-    """Start the engines and the sandbox, then :func:`collect`."""
+async def generate_shard(args, n: int, tools, problems, write, progress) -> None:
+    """``n`` graded samples of each of ``problems`` from ``tools``' policy engine (here, or in
+    a Ray actor)."""
     from data_synthesis.policy import AnswerGrader
-    from genprm.cli import engine_from_args, policy_engine_from_args
+
+    params = bon_samples.policy_params(n, args.temperature, args.max_tokens, args.seed)
+    await bon_samples.generate(
+        tools.policy_engine, problems, params, AnswerGrader(tools.sandbox), write, progress,
+        args.concurrency,
+    )  # fmt: skip
+
+
+async def score_shard(args, tools, samples, write, progress) -> None:
+    """Score lines of ``samples`` with the verifier the flags chose, on ``tools``."""
+    if args.verifier == "genprm":
+        await score_genprm(tools.verifier, samples, write, progress)
+    else:
+        await score_critic(
+            tools.engine, samples, write, progress, args.critic_samples,
+            args.critic_max_tokens, args.concurrency,
+        )  # fmt: skip
+
+
+def _work(parser, args, n: int, problems: list, samples: list) -> list:
+    """Start the engines and the sandbox (here, or in each Ray actor), then :func:`collect`."""
+    from data_synthesis.policy import AnswerGrader
+    from genprm.cli import engine_options, policy_engine_options
+    from genprm.cluster import RayPool, on_actors, ray_options
     from genprm.sandbox import Sandbox
 
-    engine = policy_engine = sandbox = None
-    try:
-        engine = engine_from_args(parser, args)
-        policy_engine = policy_engine_from_args(parser, args, engine) if problems else engine
-        sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
-        if args.verifier == "genprm":
-            # unseeded, as in processbench
-            verifier = make_verifier(args, engine, sandbox)
-
-            def scorer(pending, write, progress):
-                return score_genprm(verifier, pending, write, progress)
-        else:
-
-            def scorer(pending, write, progress):
-                return score_critic(
-                    engine, pending, write, progress, args.critic_samples,
-                    args.critic_max_tokens, args.concurrency,
-                )  # fmt: skip
-
-        params = bon_samples.policy_params(n, args.temperature, args.max_tokens, args.seed)
-        return asyncio.run(
-            collect(
-                args.out, problems=problems, samples=samples, n=n, params=params,
-                policy_engine=policy_engine, grader=AnswerGrader(sandbox), scorer=scorer,
-                concurrency=args.concurrency, bars=True,
+    policy = policy_engine_options(parser, args) if problems else None
+    make_tools = partial(VerifierTools, args, engine_options(parser, args), policy)
+    work = partial(
+        collect, args.out, problems=problems, samples=samples, n=n, concurrency=args.concurrency,
+        bars=True,
+    )  # fmt: skip
+    ray = ray_options(args)
+    if ray is None:
+        with make_tools() as tools:
+            return asyncio.run(
+                work(
+                    generator=partial(generate_shard, args, n, tools),
+                    grader=AnswerGrader(tools.sandbox),
+                    scorer=partial(score_shard, args, tools),
+                )
             )
-        )  # fmt: skip
-    finally:
-        if sandbox is not None:
-            sandbox.close()
-        if policy_engine is not None and policy_engine is not engine:
-            policy_engine.close()
-        if engine is not None:
-            engine.close()
+    # given samples may need grading (math-verify, in a sandbox of this process)
+    ungraded = any(sample.get("correct") is None for sample in samples)
+    with RayPool(ray, make_tools, tp=args.tp) as pool:
+        pool.start()
+        sandbox = Sandbox(workers=1, bwrap=args.bwrap) if ungraded else None
+        try:
+            return asyncio.run(
+                work(
+                    generator=on_actors(pool, partial(generate_shard, args, n)),
+                    grader=AnswerGrader(sandbox),
+                    scorer=on_actors(pool, partial(score_shard, args), key=_problem),
+                )
+            )
+        finally:
+            if sandbox is not None:
+                sandbox.close()
+
+
+def _problem(sample: dict) -> str:
+    """A problem's samples go to one actor, whose prefix cache then holds the problem once."""
+    return sample["problem_id"]
 
 
 def _log_to_wandb(args, metrics: dict, settings: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -104,6 +105,37 @@ async def run_critic(
         progress(len(row.steps))
 
     await asyncio.gather(*(one(row) for row in rows))
+
+
+async def score_rows(args, tools, rows: list[Row], write, progress) -> None:
+    """``rows`` through the verifier the flags chose, on ``tools`` (a
+    :class:`eval.verifier_args.VerifierTools`): here, or in a Ray actor."""
+    if args.verifier == "critic":
+        await run_critic(
+            tools.engine, rows, write, progress,
+            args.critic_samples, args.max_tokens, args.concurrency,
+        )  # fmt: skip
+    else:
+        await run_genprm(tools.verifier, rows, write, progress)
+
+
+class StepProgress:
+    """A progress bar of scored solutions (or samples) that counts their steps: call it with
+    each one's step count."""
+
+    def __init__(self, total: int, unit: str, desc: str, disable: bool = False):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=disable)
+        self.steps = 0
+
+    def __call__(self, scored_steps: int) -> None:
+        self.steps += scored_steps
+        self.bar.update(1)
+        self.bar.set_postfix(steps=self.steps)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def appender(path: Path) -> Callable[[bytes], None]:

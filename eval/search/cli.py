@@ -19,7 +19,7 @@ from eval.bon.aggregate import DEFAULT_SUBSETS
 from eval.bon.report import CURVE, REPORT, text_table
 from eval.processbench.data import DEFAULT_DATA_DIR
 from eval.processbench.runner import appender
-from eval.verifier_args import add_verifier_arguments, make_verifier, verifier_settings
+from eval.verifier_args import VerifierTools, add_verifier_arguments, verifier_settings
 from genprm.backends import EngineError
 from genprm.cli import add_engine_arguments, add_policy_engine_arguments
 
@@ -202,17 +202,12 @@ def _work(parser, args, settings: dict, problems: list, pending: list) -> list[d
 
     from data_synthesis.policy import AnswerGrader
     from eval.bon.samples import policy_params
-    from genprm.cli import engine_from_args, policy_engine_from_args
-    from genprm.sandbox import Sandbox
+    from genprm.cli import engine_options, policy_engine_options
 
-    engine = policy = sandbox = None
-    try:
-        engine = engine_from_args(parser, args)
-        policy = policy_engine_from_args(parser, args, engine)
-        sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
-        # unseeded, as in Best-of-N (see eval.bon.samples.policy_params for seeds on vLLM CPU)
-        verifier = make_verifier(args, engine, sandbox)
-        grader = AnswerGrader(sandbox)
+    tools = VerifierTools(args, engine_options(parser, args), policy_engine_options(parser, args))
+    with tools:
+        policy, verifier = tools.policy_engine, tools.verifier
+        grader = AnswerGrader(tools.sandbox)
         step_params = policy_params(1, args.temperature, args.max_step_tokens, args.seed)
         bar = tqdm(total=len(pending), unit="problem", desc="search", file=sys.stderr,
                    disable=not pending)  # fmt: skip
@@ -239,10 +234,3 @@ def _work(parser, args, settings: dict, problems: list, pending: list) -> list[d
             )  # fmt: skip
 
         return asyncio.run(work())
-    finally:
-        if sandbox is not None:
-            sandbox.close()
-        if policy is not None and policy is not engine:
-            policy.close()
-        if engine is not None:
-            engine.close()
