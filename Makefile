@@ -110,6 +110,7 @@ test: venv venv-vllm bwrap
 bench: model venv-vllm bwrap
 	$(BIN)/python bench/bench_tokenize.py
 	$(BIN)/python bench/bench_sandbox.py
+	$(BIN)/python bench/bench_store.py
 	$(VLLM_BIN)/python bench/bench_generation.py
 	$(VLLM_BIN)/python bench/bench_verifier.py
 	$(VLLM_BIN)/python bench/bench_rollout.py

@@ -27,8 +27,10 @@ from functools import partial
 from pathlib import Path
 
 from genprm.backends import EngineError, make_engine
-from genprm.cli import add_engine_arguments, engine_options
+from genprm.cli import ENGINE_DEFAULTS, add_engine_arguments, engine_options, resolve_defaults
 from genprm.cluster import add_executor_arguments, ray_options
+from genprm.lifetime import command
+from genprm.paths import OutputBusy
 
 from .config import ConfigError, load_config
 from .pipeline import (
@@ -40,9 +42,11 @@ from .pipeline import (
     run_export,
     run_one,
 )
+from .problems import check_source
 from .runner import StageFailed, StageSummary
-from .store import InputError, ResumeError, parse_shard
+from .store import InputError, ResumeError, check_readable, parse_shard
 from .tracking import Tracker
+from .validate import validate
 
 ENGINE_STAGES = ("solve", "rollout", "rationale")
 STAGE_HELP = {
@@ -105,32 +109,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
+        if args.command in ("run", "solve"):
+            check_source(args.input)  # before any engine, sandbox or output
+        else:
+            check_readable(Path(args.input))
         if args.command == "run":
             return _run(args)
         if args.command == "export":
-            config = load_config(args.config)
-            _print_export(run_export(args.input, args.out, config), args.out)
-            return 0
+            return _export(args)
         return _stage(parser, args)
-    except (ConfigError, InputError, ResumeError, StageFailed, EngineError, OSError) as error:
+    except (StageFailed, EngineError) as error:
         print(f"genprm-synth: {error}", file=sys.stderr)
-        return 1 if isinstance(error, (StageFailed, EngineError)) else 2
+        return 1
+    except (ConfigError, InputError, ResumeError, OutputBusy, OSError) as error:
+        print(f"genprm-synth: {error}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    replacing = args.out.is_dir() and any(args.out.iterdir())
+    exported = run_export(args.input, args.out, config)
+    if not exported["conversations"]:
+        print(f"export: {args.input} has no records")
+    _print_export(exported, args.out)
+    if replacing:
+        print(f"export: replaced the previous export in {args.out}")
+    return 0
+
+
+def _say_preset(line: str | None) -> None:
+    if line:
+        print(f"genprm-synth: {line}", file=sys.stderr)
 
 
 def _stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    validate(config)
     if args.command == "label":
         for key in ("method", "epsilon", "threshold"):
             if getattr(args, key) is not None:
                 config.stages.setdefault("label", {})[key] = getattr(args, key)
     make = None
     if args.command in ENGINE_STAGES and not args.config_engines:
+        _say_preset(resolve_defaults(args, ENGINE_DEFAULTS))
         make = partial(make_engine, **engine_options(args.stage_parser, args))
+    if args.command in ENGINE_STAGES:
+        _say_preset(config.with_embedded_preset(make.keywords if make else None))
     tools = SynthTools(config, make)
     pool = open_pool(ray_options(args), config, make)
     tracker = Tracker(args.wandb_project, args.command, config, args.output.parent)
@@ -159,6 +190,8 @@ def _stage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    validate(config)
+    _say_preset(config.with_embedded_preset())
     tracker = Tracker(args.wandb_project, "run", config, args.out)
     summaries, exported = run_chain(
         config,
@@ -203,6 +236,8 @@ def _print_summaries(summaries: list[StageSummary]) -> None:
         print("  ".join(str(cell).rjust(width) for cell, width in zip(line, widths)))
     for summary in summaries:
         print(f"{summary.stage}: {summary.output}")
+        if summary.note:
+            print(f"{summary.stage}: {summary.note}")
         if summary.skipped:
             print(f"{summary.stage}: {len(summary.skipped)} invalid input records skipped:")
             for message in summary.skipped[:10]:

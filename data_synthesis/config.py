@@ -21,17 +21,36 @@ Every key is checked: a misspelt one is an error naming the file and the section
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from genprm.cli import ENGINE_DEFAULTS
+
 from .problems import ProblemFields
 
 STAGES = ("solve", "rollout", "label", "rationale", "filter", "export")
 ROLES = ("policy", "rollout", "rationale")
 SANDBOX_KEYS = ("workers", "bwrap", "timeout")
+
+
+# Where a config leaves them out, the stages whose engine runs the embedded SmolLM2-135M-Instruct
+# take configs/cpu-default.yml's settings: the defaults are for 7B+ models on GPUs, and a 135M
+# model fills every token budget (a laptop run then takes minutes, not hours).
+EMBEDDED_STAGE_SETTINGS = {
+    "solve": {"samples": 4, "rounds": 2, "max_tokens": 192},
+    "rollout": {"initial_k": 4, "k_hard": 4, "k_medium": 4, "k_easy": 4, "max_tokens": 128},
+    "rationale": {"max_tokens": 384, "max_code_rounds": 4},
+}
+STAGE_ROLES = {"solve": "policy", "rollout": "rollout", "rationale": "rationale"}
+# ... and their engines the embedded model's engine options (no compilation, float32)
+EMBEDDED_ENGINE = {dest: small for dest, (_, small) in ENGINE_DEFAULTS.items()}
 
 
 class ConfigError(ValueError):
@@ -57,16 +76,40 @@ class SynthConfig:
         options.setdefault("engine", "vllm")
         return options
 
+    def with_embedded_preset(self, flags_engine: dict[str, Any] | None = None) -> str | None:
+        """Fill the settings of :data:`EMBEDDED_STAGE_SETTINGS` that the config leaves out, in
+        the stages whose engine (``flags_engine`` where a command's flags choose it for every
+        role, else the config's) is the embedded model; the line that names them, or None."""
+        filled = []
+        if flags_engine is None:
+            for role in ROLES:
+                options = self.engine_options(role)
+                if options["engine"] == "vllm" and not options.get("model"):
+                    added = {k: v for k, v in EMBEDDED_ENGINE.items() if k not in options}
+                    self.engines[role] = {**options, **added}
+                    filled += [f"engines.{role}.{key} {value}" for key, value in added.items()]
+        for stage, preset in EMBEDDED_STAGE_SETTINGS.items():
+            options = flags_engine or self.engine_options(STAGE_ROLES[stage])
+            if options.get("engine") != "vllm" or options.get("model"):
+                continue
+            section = self.stages.setdefault(stage, {})
+            added = {key: value for key, value in preset.items() if key not in section}
+            section.update(added)
+            filled += [f"{stage}.{key} {value}" for key, value in added.items()]
+        if not filled:
+            return None
+        return (
+            f"the embedded model's preset: {', '.join(filled)} (with a model in the engine, "
+            "the defaults; a key the config sets wins)"
+        )
+
     def settings(self, stage: str, settings_class: type) -> Any:
-        """The stage's settings dataclass from its section; unknown keys are an error."""
+        """The stage's settings dataclass from its section; unknown keys, values of another type
+        than the field's and values the class refuses are errors."""
         section = self.stages.get(stage) or {}
-        names = {f.name for f in dataclasses.fields(settings_class)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(
-                f"{self.source}: unknown key(s) in `{stage}`: {', '.join(unknown)}; "
-                f"{settings_class.__name__} has {', '.join(sorted(names)) or 'no settings'}"
-            )
+        names = [f.name for f in dataclasses.fields(settings_class)]
+        check_keys(self.source, stage, section, names)
+        check_types(self.source, stage, section, typing.get_type_hints(settings_class))
         try:
             return settings_class(**section)
         except (TypeError, ValueError) as error:
@@ -91,11 +134,8 @@ def load_config(path: Path | str | None) -> SynthConfig:
         raise ConfigError(f"{path}: unknown section(s): {', '.join(unknown)}")
     source = str(path)
     fields = _section(raw, "input", source)
-    names = {f.name for f in dataclasses.fields(ProblemFields)}
-    if set(fields) - names:
-        raise ConfigError(
-            f"{source}: unknown key(s) in `input`: {', '.join(sorted(set(fields) - names))}"
-        )
+    check_keys(source, "input", fields, [f.name for f in dataclasses.fields(ProblemFields)])
+    check_types(source, "input", fields, typing.get_type_hints(ProblemFields))
     engines = _section(raw, "engines", source)
     for role, options in engines.items():
         if role not in ROLES:
@@ -103,11 +143,13 @@ def load_config(path: Path | str | None) -> SynthConfig:
         if not isinstance(options, dict):
             raise ConfigError(f"{source}: `engines.{role}` must be a mapping of engine options")
     sandbox = _section(raw, "sandbox", source)
-    if set(sandbox) - set(SANDBOX_KEYS):
-        raise ConfigError(f"{source}: `sandbox` takes {', '.join(SANDBOX_KEYS)}")
+    check_keys(source, "sandbox", sandbox, list(SANDBOX_KEYS))
     concurrency = raw.get("concurrency", 64)
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(f"{source}: `concurrency` must be a positive integer")
+    if not fits(concurrency, int) or concurrency < 1:
+        raise ConfigError(
+            f"{source}: `concurrency` must be a positive integer (input records in flight per "
+            f"stage), got {concurrency!r}"
+        )
     return SynthConfig(
         source=source,
         fields=ProblemFields(**fields),
@@ -124,3 +166,61 @@ def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"{source}: `{name}` must be a mapping")
     return section
+
+
+def check_keys(source: str, where: str, given, known: list[str], cutoff: float = 0.6) -> None:
+    """A ConfigError naming the first key of ``given`` not in ``known`` and the nearest known
+    one (or all of them)."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    nearest = difflib.get_close_matches(unknown[0], known, n=1, cutoff=cutoff)
+    if nearest:
+        hint = f"did you mean {nearest[0]}?"
+    else:
+        hint = f"`{where}` takes " + (", ".join(sorted(known)) or "no settings")
+    raise ConfigError(f"{source}: unknown key `{where}.{unknown[0]}`; {hint}")
+
+
+def check_types(source: str, where: str, values: dict[str, Any], hints: dict[str, Any]) -> None:
+    """A ConfigError naming the first value that does not fit its key's annotation."""
+    for key, value in values.items():
+        if key in hints and not fits(value, hints[key]):
+            raise ConfigError(
+                f"{source}: `{where}.{key}` must be {describe(hints[key])}, got {value!r}"
+            )
+
+
+def fits(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` (as YAML reads it) is of the type ``annotation`` names: booleans are not
+    numbers, integers are numbers; an annotation this does not know admits anything."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if typing.get_origin(annotation) is list:
+        return isinstance(value, list) and all(fits(item, args[0]) for item in value)
+    if annotation is None or annotation is type(None):
+        return value is None
+    return not isinstance(annotation, type) or isinstance(value, annotation)
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def describe(annotation: Any) -> str:
+    """``int | None`` -> "an integer or null"."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(describe(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return f"a list of {_PLURALS.get(item, describe(item))}"
+    if annotation is None or annotation is type(None):
+        return "null"
+    return _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))

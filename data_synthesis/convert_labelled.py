@@ -6,19 +6,24 @@ Input: JSONL in the ProcessBench / PRM800K style, one record per line with ``pro
 ``"id": null``, is named ``{file stem}-{line}``; ids must be unique). Output: JSONL rows
 ``{"id", "conversations"}`` that
 ``type: genprm_train.prompt_strategy`` trains on. Each conversation judges the steps up to and
-including the first wrong one (SYSTEM_DIRECT, judgement-only assistant turns).
+including the first wrong one (SYSTEM_DIRECT, judgement-only assistant turns). An existing
+output is replaced whole (the summary line says so); the input itself, also through a link, is
+refused as the output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from genprm.format import parse_turn
 from genprm.paths import write_atomically
 from genprm.records import RecordError, describe, record_messages
+
+from .store import not_utf8, unencodable
 
 _LABEL_KEYS = ("label", "labels")
 
@@ -27,19 +32,20 @@ class InputError(ValueError):
     """A line of the input file that is not a usable step-labelled record."""
 
 
+class UsageError(ValueError):
+    """Arguments that cannot work together (the output is the input)."""
+
+
 def convert(source: Path, target: Path) -> dict[str, int]:
     """Convert ``source`` into ``target`` (written atomically); returns counts."""
     rows, yes, no = [], 0, 0
     seen: dict[str, str] = {}  # id -> where it was first used
-    with source.open(encoding="utf-8") as lines:
+    with source.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = f"{source}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{where}: not valid JSON ({error.msg})") from None
+            record = _parse(line, where)
             if not isinstance(record, dict):
                 raise InputError(f"{where}: expected an object with problem, steps and label(s)")
             if not any(record.get(k) is not None for k in _LABEL_KEYS):
@@ -64,6 +70,34 @@ def convert(source: Path, target: Path) -> dict[str, int]:
     return {"conversations": len(rows), "yes_turns": yes, "no_turns": no}
 
 
+def _parse(line: bytes, where: str):
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{where}: {not_utf8(error)}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{where}: not valid JSON ({error.msg})") from None
+    problem = unencodable(text, record)
+    if problem:
+        raise InputError(f"{where}: {problem}")
+    return record
+
+
+def check_target(source: Path, target: Path) -> bool:
+    """Whether ``target`` exists (and will be replaced); refuses a ``target`` that is
+    ``source`` itself, also through a link."""
+    try:
+        target_stat = os.stat(target)
+    except FileNotFoundError:
+        return False
+    source_stat = os.stat(source)
+    if (source_stat.st_dev, source_stat.st_ino) == (target_stat.st_dev, target_stat.st_ino):
+        raise UsageError(f"the output {target} is the input {source}; write to another file")
+    return True
+
+
 def _record_id(given, derived: str, where: str) -> str:
     """A record's own id (a string or an integer), or ``derived`` (file stem and line number)
     when it has none; ids must stay unique, so they are checked by the caller."""
@@ -83,14 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", type=Path, help="JSONL with problem, steps and label or labels")
     parser.add_argument("output", type=Path, help="JSONL of {id, conversations} to train on")
     args = parser.parse_args(argv)
+    if not args.input.is_file() or not os.access(args.input, os.R_OK):
+        print(f"genprm-convert: {args.input}: no such readable file", file=sys.stderr)
+        return 2
     try:
+        replacing = check_target(args.input, args.output)
         counts = convert(args.input, args.output)
-    except (InputError, OSError) as error:
+    except (UsageError, InputError) as error:
+        print(f"genprm-convert: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
         print(f"genprm-convert: {error}", file=sys.stderr)
         return 1
+    replaced = f" (replaced the previous {args.output})" if replacing else ""
     print(
         f"wrote {counts['conversations']} conversations ({counts['yes_turns']} Yes turns, "
-        f"{counts['no_turns']} No turns) to {args.output}"
+        f"{counts['no_turns']} No turns) to {args.output}{replaced}"
     )
     return 0
 

@@ -17,6 +17,7 @@ exact fractions: 4/50 after 5/50 is a ratio of exactly 0.8, which floats compute
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,6 +56,7 @@ class LabelSettings:
             raise ValueError(f"epsilon must be above 0, got {self.epsilon!r}")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # scores are k/K for a few K: few distinct values
 def _exact(score: float) -> Fraction:
     """The fraction k/K of rollouts that the float ``score`` stands for."""
     return Fraction(score).limit_denominator(_MAX_DENOMINATOR)
@@ -74,11 +76,17 @@ def rpe_labels(mc: list[float], mc_initial: float, epsilon: float) -> list[int]:
     >>> rpe_labels([0.0, 0.0], mc_initial=0.0, epsilon=0.8)
     [0, 0]
     """
-    bound, labels, previous = _setting(epsilon), [], _exact(mc_initial)
-    for score in map(_exact, mc):
-        labels.append(int(score > 0 if previous == 0 else score / previous >= bound))
+    labels, previous = [], mc_initial
+    for score in mc:
+        labels.append(_progressed(previous, score, epsilon))
         previous = score
     return labels
+
+
+@functools.lru_cache(maxsize=1 << 16)  # few distinct (MC_{t-1}, MC_t) pairs, as for _exact
+def _progressed(previous: float, score: float, epsilon: float) -> int:
+    previous, score = _exact(previous), _exact(score)
+    return int(score > 0 if previous == 0 else score / previous >= _setting(epsilon))
 
 
 def hard_labels(mc: list[float]) -> list[int]:
@@ -125,8 +133,9 @@ def _checked(record: dict[str, Any]) -> tuple[list[float], float]:
     if not isinstance(mc, list) or len(mc) != len(steps):
         count = f"{len(mc)} scores" if isinstance(mc, list) else f"a {type(mc).__name__}"
         raise StageError(f"`mc` must have one score per step: {count} for {len(steps)} steps")
-    for index, score in enumerate(mc):
-        _check_score(f"mc[{index}]", score)
+    if not all(type(score) in (int, float) and 0 <= score <= 1 for score in mc):
+        for index, score in enumerate(mc):
+            _check_score(f"mc[{index}]", score)
     _check_score("mc_initial", record["mc_initial"])
     return mc, record["mc_initial"]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from genprm.backends import Engine, make_engine
 from genprm.cluster import RayOptions, RayPool
+from genprm.paths import output_lock
 from genprm.sandbox import Sandbox
 
 from .config import ROLES, STAGES, SynthConfig
@@ -210,6 +211,9 @@ def run_one(
         pool=pool,
     )
     summary.skipped[:0] = skipped
+    if not records and not skipped:
+        where = "" if shard is None else f"shard {shard[0]}/{shard[1]} of "
+        summary.note = f"{where}{source} has no records"
     return summary
 
 
@@ -235,33 +239,34 @@ def run_chain(
 ) -> tuple[list[StageSummary], dict[str, Any]]:
     """Every stage in order into ``out``: ``<stage>.jsonl`` each, then ``export/``.
     ``on_stage(summary)`` is called as each stage finishes (W&B logging). With ``ray``, one
-    set of actors serves every stage."""
-    tools = SynthTools(config)
-    pool = open_pool(ray, config)
-    summaries = []
-    previous: str | Path = source
-    try:
-        for name in RECORD_STAGES:
-            output = out / f"{name}.jsonl"
-            summary = run_one(
-                name,
-                config,
-                previous,
-                output,
-                tools,
-                limit=limit if name == "solve" else None,
-                shard=shard if name == "solve" else None,
-                skip_invalid=skip_invalid,
-                progress=progress,
-                pool=pool,
-            )
-            summaries.append(summary)
-            if on_stage is not None:
-                on_stage(summary)
-            previous = output
-    finally:
-        if pool is not None:
-            pool.close()
-        tools.close()
-    exported = run_export(out / "filter.jsonl", out / EXPORT_DIR, config)
+    set of actors serves every stage. ``out/run.lock`` keeps a second run off the folder."""
+    with output_lock(out / "run"):
+        tools = SynthTools(config)
+        pool = open_pool(ray, config)
+        summaries = []
+        previous: str | Path = source
+        try:
+            for name in RECORD_STAGES:
+                output = out / f"{name}.jsonl"
+                summary = run_one(
+                    name,
+                    config,
+                    previous,
+                    output,
+                    tools,
+                    limit=limit if name == "solve" else None,
+                    shard=shard if name == "solve" else None,
+                    skip_invalid=skip_invalid,
+                    progress=progress,
+                    pool=pool,
+                )
+                summaries.append(summary)
+                if on_stage is not None:
+                    on_stage(summary)
+                previous = output
+        finally:
+            if pool is not None:
+                pool.close()
+            tools.close()
+        exported = run_export(out / "filter.jsonl", out / EXPORT_DIR, config)
     return summaries, exported

@@ -8,16 +8,16 @@ name and the row's position (``gsm8k-test-0``, ``gsm8k-test-1``, ...), stable ac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from genprm.grading import extract_boxed
 
-from .store import InputError
+from .store import InputError, check_readable, input_lines, parse_line
 
 GSM8K_MARK = "#### "
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def load_problems(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """``(records, errors)``: the first ``limit`` usable rows of ``source``, and a
     ``file:row: reason`` message for each unusable one (the caller decides whether to stop)."""
+    check_source(source)
     path = Path(source)
     name = _source_name(source, path, fields.split)
     records, errors, seen = [], [], set()
@@ -75,6 +76,16 @@ def load_problems(
         seen.add(record["id"])
         records.append(record)
     return records, errors
+
+
+def check_source(source: str) -> None:
+    """Refuse a source that names a local file that is missing or unreadable
+    (:class:`InputError`); anything else is a folder or a hub id, checked when loaded."""
+    path = Path(source)
+    if path.is_dir():
+        return
+    if path.exists() or path.suffix in FILE_SUFFIXES:
+        check_readable(path)
 
 
 def _source_name(source: str, path: Path, split: str) -> str:
@@ -106,7 +117,7 @@ def _record(row: Any, index: int, name: str, fields: ProblemFields) -> dict[str,
 
 
 def _rows(source: str, path: Path, split: str):
-    """``(where, row)`` pairs; ``row`` is an InputError for a line that is not JSON."""
+    """``(where, row)`` pairs; ``row`` is an InputError for a line that is not JSON or UTF-8."""
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         yield from _jsonl_rows(path)
         return
@@ -137,11 +148,6 @@ def _rows(source: str, path: Path, split: str):
 
 
 def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as error:
-                yield f"{path}:{number}", InputError(f"not JSON ({error.msg})")
+    for number, line in input_lines(path):
+        row, problem = parse_line(line)
+        yield f"{path}:{number}", row if problem is None else InputError(problem)

@@ -8,7 +8,9 @@ MC(i) is the share of ``k`` rollouts after step i whose final answer equals the 
 last step scores 1.0 or 0.0 from the solution's own answer. With ``early_stop`` a step scoring 0
 ends the rollouts: every later step, the last included, scores 0 with none spent. MC(s_0) takes
 ``initial_k`` rollouts once per problem, shared by the problem's solutions in flight and kept in
-``cache_path`` for a resumed run.
+``cache_path`` for a resumed run. Its cost counts in the stats of the solution that computed it,
+named in the cache: a resumed run that redoes that solution (its result was never kept) counts
+the cost again from the cache, so a resumed run's totals equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from genprm.backends.types import Engine, Request, SamplingParams
 from genprm.grading import DEFAULT_TIMEOUT_S, extract_boxed
+from genprm.paths import write_all
 from genprm.sandbox import Sandbox
 
 from .policy import FIRST_STEP, AnswerGrader, policy_context, policy_request
@@ -55,9 +58,10 @@ class RolloutSettings:
     """Seconds math-verify may take to grade one final answer."""
 
     def __post_init__(self):
-        counts = (self.initial_k, self.k_hard, self.k_medium, self.k_easy, self.max_n_per_request)
-        if min(counts) < 1 or self.max_tokens < 1:
-            raise ValueError("every k, max_n_per_request and max_tokens must be at least 1")
+        counts = ("initial_k", "k_hard", "k_medium", "k_easy", "max_n_per_request", "max_tokens")
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.hard_below <= self.easy_from <= 1:
             raise ValueError("need 0 <= hard_below <= easy_from <= 1")
 
@@ -101,8 +105,12 @@ class RolloutStage(Stage):
         self.cache_path = None if cache_path is None else Path(cache_path)
         self._mc_initial: dict[str, float] = {}
         self._computing: dict[str, asyncio.Task] = {}
+        # problem_id -> (solution id, cost) of cached pass rates, until that solution is redone
+        self._cached_costs: dict[str, tuple[str, _PassRate]] = {}
         if self.cache_path is not None:
-            self._mc_initial = _read_cache(self.cache_path, self.config.initial_k)
+            cached = _read_cache(self.cache_path, self.config.initial_k)
+            self._mc_initial = {problem: rate.share for problem, (_, rate) in cached.items()}
+            self._cached_costs = {p: entry for p, entry in cached.items() if entry[0] is not None}
 
     def settings(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -111,7 +119,9 @@ class RolloutStage(Stage):
         steps, reference = _checked(record)
         config = self.config
         context = policy_context(self.engine.tokenizer, record["problem"])
-        mc_initial, initial = await self._initial(record["problem_id"], context, reference)
+        mc_initial, initial = await self._initial(
+            record["id"], record["problem_id"], context, reference
+        )
         k = config.k_for(mc_initial)
         mc: list[float] = []
         spent: list[int] = []
@@ -147,22 +157,30 @@ class RolloutStage(Stage):
         return StageResult([labelled], stats)
 
     async def _initial(
-        self, problem_id: str, context: str, reference: str
+        self, solution_id: str, problem_id: str, context: str, reference: str
     ) -> tuple[float, _PassRate | None]:
-        """MC(s_0) of the problem, and the pass rate's cost for the one caller that computed
-        it (None for every other caller)."""
+        """MC(s_0) of the problem, and the pass rate's cost for the one solution that counts
+        it: the one that computed it, now or in the run that wrote the cache (None for every
+        other)."""
         if problem_id in self._mc_initial:
+            by, rate = self._cached_costs.get(problem_id, (None, None))
+            if by == solution_id:
+                del self._cached_costs[problem_id]
+                return rate.share, rate
             return self._mc_initial[problem_id], None
         task = self._computing.get(problem_id)
         if task is not None and not task.done():
             # shielded: a cancelled solution must not cancel the pass rate others wait for
             return (await asyncio.shield(task)).share, None
-        task = asyncio.ensure_future(self._compute_initial(problem_id, context, reference))
+        compute = self._compute_initial(solution_id, problem_id, context, reference)
+        task = asyncio.ensure_future(compute)
         self._computing[problem_id] = task
         rate = await asyncio.shield(task)
         return rate.share, rate
 
-    async def _compute_initial(self, problem_id: str, context: str, reference: str) -> _PassRate:
+    async def _compute_initial(
+        self, solution_id: str, problem_id: str, context: str, reference: str
+    ) -> _PassRate:
         try:
             rate = await self._pass_rate(context + FIRST_STEP, reference, self.config.initial_k)
             if self.cache_path is not None:
@@ -171,6 +189,8 @@ class RolloutStage(Stage):
                     "mc_initial": rate.share,
                     "rollouts": rate.rollouts,
                     "tokens": rate.tokens,
+                    "requests": rate.requests,
+                    "by": solution_id,
                 }
                 _append_line(self.cache_path, json.dumps(entry, ensure_ascii=False))
             self._mc_initial[problem_id] = rate.share
@@ -212,31 +232,34 @@ def _checked(record: dict[str, Any]) -> tuple[list[str], str]:
     return steps, record["answer"]
 
 
-def _read_cache(path: Path, initial_k: int) -> dict[str, float]:
-    """problem_id -> MC(s_0) from the cache file (the first entry of a problem counts). A torn
-    last line (no newline: a crash while appending) is cut off the file."""
-    cached: dict[str, float] = {}
+def _read_cache(path: Path, initial_k: int) -> dict[str, tuple[str | None, _PassRate]]:
+    """problem_id -> (the solution that computed it, MC(s_0) and its cost) from the cache file
+    (the first entry of a problem counts; entries of older runs name no solution). A torn last
+    line (no newline: a crash while appending) is cut off the file."""
+    cached: dict[str, tuple[str | None, _PassRate]] = {}
     for number, line in enumerate(cut_torn_line(path).decode("utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
             problem_id, rollouts = entry["problem_id"], entry["rollouts"]
-            mc_initial = float(entry["mc_initial"])
+            cost = (int(entry.get("tokens", 0)), int(entry.get("requests", 0)))
+            rate = _PassRate(float(entry["mc_initial"]), rollouts, *cost)
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}:{number}: not an MC(s_0) cache entry ({error})") from None
         if rollouts != initial_k:
             raise ValueError(
                 f"{path}:{number}: MC(s_0) from {rollouts} rollouts, but initial_k is {initial_k}"
             )
-        cached.setdefault(problem_id, mc_initial)
+        cached.setdefault(problem_id, (entry.get("by"), rate))
     return cached
 
 
 def _append_line(path: Path, line: str) -> None:
-    """One write of a whole line, so that concurrent appenders never interleave lines."""
+    """One write of a whole line (retried where the system writes part of it), so that
+    concurrent appenders never interleave lines."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (line + "\n").encode("utf-8"))
+        write_all(fd, (line + "\n").encode("utf-8"), path)
     finally:
         os.close(fd)

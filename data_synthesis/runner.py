@@ -2,9 +2,9 @@
 records in flight at once, each result written as it finishes (:mod:`data_synthesis.store`).
 
 A record the stage rejects (:class:`StageError`) stops the run with its id, or is skipped and
-counted with ``skip_invalid``. An engine failure stops the run; everything finished so far is
-kept, and the same command resumes. With ``--executor ray`` the records are processed by Ray
-actors (:mod:`genprm.cluster`) and written here, the same way.
+counted with ``skip_invalid``. An engine failure, or a write that fails (a full disk), stops the
+run; everything finished so far is kept, and the same command resumes. With ``--executor ray``
+the records are processed by Ray actors (:mod:`genprm.cluster`) and written here, the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class StageFailed(RuntimeError):
 @dataclass
 class StageSummary:
     """What a stage's output holds after this run: ``totals`` sums the stats of every finished
-    input (earlier runs' too); ``skipped`` names the inputs this run skipped as invalid."""
+    input (earlier runs' too); ``skipped`` names the inputs this run skipped as invalid;
+    ``note`` says why there was nothing to do (an input without records)."""
 
     stage: str
     output: Path
@@ -40,6 +41,7 @@ class StageSummary:
     finished: int
     totals: dict[str, int | float]
     skipped: list[str] = field(default_factory=list)
+    note: str | None = None
 
 
 def run_stage(
@@ -75,8 +77,15 @@ def run_stage(
                     raise StageFailed(message + " (or pass --skip-invalid)")
                 skipped.append(message)
             else:
-                out.write(outcome.id, outcome.result)
-                bar.set_postfix(_postfix(out.totals()), refresh=False)
+                try:
+                    out.write(outcome.id, outcome.result)
+                except OSError as error:
+                    raise StageFailed(
+                        f"{stage.name}: {error}. {len(out.done)} finished records are kept in "
+                        f"{out.output}; fix that and rerun the same command to resume."
+                    ) from None
+                if progress:
+                    bar.set_postfix(_postfix(out.totals()), refresh=False)
             bar.update(1)
 
         try:
@@ -111,12 +120,14 @@ async def process_records(
     concurrency: int,
     on_outcome: Callable[[Outcome], None],
 ) -> None:
-    """``stage.process`` on every record, ``concurrency`` at once, ``on_outcome`` as each
-    finishes. An engine failure stops it, naming the record."""
-    bound = asyncio.Semaphore(concurrency)
+    """``stage.process`` on every record, ``concurrency`` at once, started in input order,
+    ``on_outcome`` as each finishes. An engine failure stops it, naming the record."""
+    queue = iter(records)
 
-    async def one(record: dict[str, Any]) -> None:
-        async with bound:
+    # ``concurrency`` workers sharing one iterator: no task per record, so the cost per record
+    # stays the same however many there are
+    async def worker() -> None:
+        for record in queue:
             try:
                 outcome = Outcome(record["id"], result=await stage.process(record))
             except StageError as error:
@@ -125,9 +136,9 @@ async def process_records(
                 raise EngineError(
                     f"the engine failed on record id={record['id']!r}: {error}"
                 ) from error
-        on_outcome(outcome)
+            on_outcome(outcome)
 
-    tasks = [asyncio.ensure_future(one(record)) for record in records]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(records)))]
     try:
         await asyncio.gather(*tasks)
     finally:

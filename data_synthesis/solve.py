@@ -44,10 +44,10 @@ class SolveSettings:
     """Seconds math-verify may take to grade one final answer."""
 
     def __post_init__(self):
-        if self.samples < 1 or self.rounds < 1 or self.max_tokens < 1:
-            raise ValueError("samples, rounds and max_tokens must be at least 1")
-        if self.keep_correct < 0 or self.keep_incorrect < 0:
-            raise ValueError("keep_correct and keep_incorrect must be >= 0")
+        for name, least in (("samples", 1), ("rounds", 1), ("max_tokens", 1),
+                            ("keep_correct", 0), ("keep_incorrect", 0)):  # fmt: skip
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
 
 
 class SolveStage(Stage):

@@ -28,18 +28,32 @@ from functools import partial
 from pathlib import Path
 
 from genprm.backends import EngineError
-from genprm.cli import add_engine_arguments, add_policy_engine_arguments, engine_options
+from genprm.cli import (
+    add_engine_arguments,
+    add_policy_engine_arguments,
+    engine_options,
+    resolve_defaults,
+)
 from genprm.cluster import add_executor_arguments
+from genprm.lifetime import command
 
 from .processbench import runner
+from .processbench.critic import MAX_TOKENS as CRITIC_MAX_TOKENS
 from .processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
 from .processbench.metrics import score_predictions
 from .processbench.report import write_report
 from .refine import add_refine_parser, run_refine
 from .search.cli import add_search_parser, run_search
-from .verifier_args import VerifierTools, add_verifier_arguments, verifier_settings
+from .verifier_args import (
+    VERIFIER_DEFAULTS,
+    VerifierTools,
+    add_verifier_arguments,
+    verifier_settings,
+)
 
 SAMPLE_ROWS = 20  # solutions whose rationales go to W&B
+# Policy and critic tokens per answer on the embedded model (genprm.cli.resolve_defaults).
+EMBEDDED_MAX_TOKENS = 256
 
 
 def processbench_parser(subparsers) -> argparse.ArgumentParser:
@@ -72,7 +86,15 @@ def processbench_parser(subparsers) -> argparse.ArgumentParser:
         help="score this JSONL of {id, prediction} (no model); missing ids count as wrong",
     )
     add_verifier_arguments(parser)
-    parser.add_argument("--max-tokens", type=int, default=4096, help="critic: tokens per answer")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"critic: tokens per answer (default {CRITIC_MAX_TOKENS}; the embedded model: "
+        f"{EMBEDDED_MAX_TOKENS})",
+    )
+    parser.set_defaults(
+        defaults={**VERIFIER_DEFAULTS, "max_tokens": (CRITIC_MAX_TOKENS, EMBEDDED_MAX_TOKENS)}
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="solutions in flight")
     parser.add_argument("--wandb-project", help="log metrics, the plot and sample rationales")
     add_engine_arguments(parser)
@@ -111,12 +133,28 @@ def bon_parser(subparsers) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="policy sampling and subset seed (-1: unseeded)"
     )
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="policy")
-    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="policy: per sample")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"policy: per sample (default {MAX_TOKENS}; the embedded model: "
+        f"{EMBEDDED_MAX_TOKENS})",
+    )
     parser.add_argument(
         "--subsets", type=int, default=DEFAULT_SUBSETS, help="random subsets averaged per n"
     )
     add_verifier_arguments(parser)
-    parser.add_argument("--critic-max-tokens", type=int, default=4096, help="critic")
+    parser.add_argument(
+        "--critic-max-tokens",
+        type=int,
+        help=f"critic (default {CRITIC_MAX_TOKENS}; the embedded model: {EMBEDDED_MAX_TOKENS})",
+    )
+    parser.set_defaults(
+        defaults={
+            **VERIFIER_DEFAULTS,
+            "max_tokens": (MAX_TOKENS, EMBEDDED_MAX_TOKENS),
+            "critic_max_tokens": (CRITIC_MAX_TOKENS, EMBEDDED_MAX_TOKENS),
+        }
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="samples in flight")
     add_policy_engine_arguments(parser)
     parser.add_argument("--wandb-project", help="log the metrics per n and the curve")
@@ -125,6 +163,7 @@ def bon_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genprm-eval", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     add_refine_parser(subparsers)
     search = add_search_parser(subparsers)
     args = parser.parse_args(argv)
+    if not getattr(args, "predictions", None):  # scoring a file runs no model
+        args.preset = resolve_defaults(args, args.defaults)
     if args.command == "bon":
         from .bon.runner import run_command
 
@@ -141,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_refine(args)
     if args.command == "search":
         return run_search(search, args)
+    return runner.as_only_writer(args, lambda: _processbench(processbench, args))
+
+
+def _processbench(parser, args) -> int:
     try:
         rows = load_splits(args.data_dir, _splits(args.splits), args.limit)
         if args.sample is not None:
@@ -150,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"genprm-eval: {error}", file=sys.stderr)
         return 2
+    if not any(rows.values()):
+        return runner.nothing_selected(f"{', '.join(rows)} of {args.data_dir}", args.limit)
     if args.predictions:
         return _score_file(args, rows)
-    return _evaluate(processbench, args, rows)
+    return _evaluate(parser, args, rows)
 
 
 def evenly_spaced(rows: list, count: int) -> list:
@@ -173,7 +220,11 @@ def _splits(text: str) -> list[str]:
 
 
 def _score_file(args, rows) -> int:
+    settings = {"predictions": str(args.predictions), **_data_settings(args)}
     try:
+        # A model run's folder (or one scored with other settings) is not overwritten.
+        if any((args.out / name).exists() for name in (runner.SETTINGS, runner.PREDICTIONS)):
+            runner.check_settings(args.out, settings)
         metrics, problems = score_predictions(args.predictions, rows)
     except (OSError, ValueError) as error:
         print(f"genprm-eval: {error}", file=sys.stderr)
@@ -184,8 +235,13 @@ def _score_file(args, rows) -> int:
     if problems["unknown"]:
         shown = ", ".join(problems["unknown"][:10])
         notes.append(f"{len(problems['unknown'])} ids are not in the data (not scored): {shown}")
-    settings = {"predictions": str(args.predictions), **_data_settings(args)}
-    write_report(args.out, metrics, rows, settings, f"predictions from {args.predictions}", notes)
+    try:
+        write_report(
+            args.out, metrics, rows, settings, f"predictions from {args.predictions}", notes
+        )
+    except OSError as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 1
     for note in notes:
         print(f"genprm-eval: {note}", file=sys.stderr)
     _finish(args, metrics, settings)
@@ -231,7 +287,11 @@ def _evaluate(parser, args, rows) -> int:
         if status:
             return status
     title = f"{args.verifier} {args.model or 'embedded model'}"
-    metrics = runner.finish(args.out, rows, settings, title)
+    try:
+        metrics = runner.finish(args.out, rows, settings, title)
+    except OSError as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 1
     _finish(args, metrics, settings)
     return 0
 

@@ -45,16 +45,23 @@ from genprm.cli import (
     add_policy_engine_arguments,
     engine_from_args,
     policy_engine_from_args,
+    resolve_defaults,
 )
 from genprm.format import SYSTEM_POLICY
 from genprm.grading import extract_boxed
+from genprm.lifetime import command
 from genprm.paths import write_atomically
 from genprm.steps import split_paragraphs
 from genprm.verifier import GenPRMVerifier
 
 from .processbench import runner
 from .processbench.runner import appender
-from .verifier_args import add_verifier_arguments, make_verifier, verifier_settings
+from .verifier_args import (
+    VERIFIER_DEFAULTS,
+    add_verifier_arguments,
+    make_verifier,
+    verifier_settings,
+)
 
 # §7: the policy's system prompt (Qwen2.5-Instruct's default; --system-prompt for another
 # policy), what follows the problem in the user turn, and the refine request before the quoted
@@ -69,6 +76,7 @@ QUOTE = ">"
 TEMPERATURE, TOP_P, TOP_K = 0.7, 0.8, 20
 MAX_TURNS = 3
 MAX_TOKENS = 4096  # the policy's tokens per answer (upstream: 16384)
+EMBEDDED_MAX_TOKENS = 256  # on the embedded model (genprm.cli.resolve_defaults)
 
 RESULTS = "refine.jsonl"
 METRICS = "metrics.json"
@@ -452,7 +460,13 @@ def add_refine_parser(subparsers) -> argparse.ArgumentParser:
         "none, so the chat template's own default applies",
     )
     policy.add_argument(
-        "--max-tokens", type=int, default=MAX_TOKENS, help="policy tokens per answer"
+        "--max-tokens",
+        type=int,
+        help=f"policy tokens per answer (default {MAX_TOKENS}; the embedded model: "
+        f"{EMBEDDED_MAX_TOKENS})",
+    )
+    parser.set_defaults(
+        defaults={**VERIFIER_DEFAULTS, "max_tokens": (MAX_TOKENS, EMBEDDED_MAX_TOKENS)}
     )
     policy.add_argument("--seed", type=int, help="a seed for every request (policy, verifier)")
     add_verifier_arguments(parser, critic=False)
@@ -466,6 +480,10 @@ def run_refine(args: argparse.Namespace) -> int:
     """Run ``genprm-eval refine`` from its parsed arguments; the exit status."""
     if args.turns < 0:
         args.refine_parser.error("--turns must be at least 0")
+    return runner.as_only_writer(args, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.samples:
             records, repeated = read_samples(args.samples, args.limit)
@@ -486,6 +504,9 @@ def run_refine(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"genprm-eval: {error}", file=sys.stderr)
         return 2
+    if not records:
+        shard = f" (shard {args.shard[0]}/{args.shard[1]})" if args.shard else ""
+        return runner.nothing_selected(f"{args.samples or args.input}{shard}", args.limit)
     pending = [record for record in records if record["id"] not in done]
     if done:
         print(f"genprm-eval: {len(done)} problems already in {args.out}", file=sys.stderr)
@@ -622,12 +643,15 @@ def _log_to_wandb(args, metrics: dict, settings: dict, lines: list[dict]) -> Non
         run.finish()
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """``python -m eval.refine ...``: the ``refine`` subcommand on its own."""
     parser = argparse.ArgumentParser(prog="genprm-eval", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_refine_parser(subparsers)
-    return run_refine(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.preset = resolve_defaults(args, args.defaults)
+    return run_refine(args)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ steps: declared by :func:`add_verifier_arguments`, recorded (for resuming) by
 :func:`verifier_settings`, turned into a verifier by :func:`make_verifier`.
 
 >>> import argparse
+>>> from genprm.cli import add_engine_arguments, resolve_defaults
 >>> parser = argparse.ArgumentParser()
 >>> add_verifier_arguments(parser)
+>>> add_engine_arguments(parser)
 >>> parser.add_argument("--concurrency", type=int, default=64)  # doctest: +ELLIPSIS
 _StoreAction(...)
->>> args = parser.parse_args(["--maj", "8", "--mode", "cot"])
+>>> args = parser.parse_args(["--maj", "8", "--mode", "cot", "--model", "GenPRM/GenPRM-7B"])
+>>> resolve_defaults(args, VERIFIER_DEFAULTS)  # a model: the paper's defaults, nothing to say
 >>> verifier_settings(args)
 {'maj': 8, 'mode': 'cot', 'history': 'shared', 'prompt_style': 'train', 'budget': 2048}
 >>> verifier_settings(parser.parse_args(["--verifier", "critic", "--critic-samples", "8"]))
@@ -23,7 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from genprm.cli import ENGINE_DEFAULTS
 from genprm.verifier import BUDGET, HISTORIES, MODES, PROMPT_STYLES, GenPRMVerifier
+
+# The embedded 135M model fills any budget it gets: 2048 tokens a step would take it an hour
+# on a laptop for two solutions (genprm.cli.resolve_defaults).
+EMBEDDED_BUDGET = 96
+VERIFIER_DEFAULTS = {**ENGINE_DEFAULTS, "budget": (BUDGET, EMBEDDED_BUDGET)}
 
 
 def add_verifier_arguments(parser: argparse.ArgumentParser, *, critic: bool = True) -> None:
@@ -46,7 +55,10 @@ def add_verifier_arguments(parser: argparse.ArgumentParser, *, critic: bool = Tr
         help=f"{genprm}train (our checkpoints) or upstream (released GenPRM checkpoints)",
     )
     parser.add_argument(
-        "--budget", type=int, default=BUDGET, help=f"{genprm}assistant tokens per step"
+        "--budget",
+        type=int,
+        help=f"{genprm}assistant tokens per step (default {BUDGET}; the embedded model: "
+        f"{EMBEDDED_BUDGET})",
     )
     if critic:
         parser.add_argument("--critic-samples", type=int, default=1, help="critic: 1 greedy, 8 maj")

@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 from .backends import EngineError
+from .lifetime import guard
 
 IN_FLIGHT = 2
 """Shards queued per actor: the next one starts while the driver writes the last."""
@@ -151,6 +152,7 @@ class _Actor:
     """An actor's body: the tools ``make_tools()`` builds, and the jobs run on them."""
 
     def __init__(self, make_tools: Callable[[], Any]):
+        guard()  # the actor's engine processes go with the actor, however it ends
         self.tools = make_tools()
 
     def ready(self) -> int:
@@ -195,6 +197,7 @@ class RayPool:
             raise ClusterError(INSTALL_HINT) from None
         self._ray = ray
         options = self.options
+        guard()  # a local cluster goes with this process, however it ends
         if not ray.is_initialized():
             runtime_env = {"env_vars": forwarded_env()}
             if options.address is None:

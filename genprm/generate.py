@@ -10,11 +10,14 @@ file holds every input once, in input order. Results are written a batch at a ti
 finished results of a failed batch too: a rerun of the same command generates only what is
 missing. ``OUTPUT.resume.json`` records what the output was written for (a fingerprint of the
 input and the sampling settings); a rerun with another input or other settings is refused.
+The output is checked (a writable file, not the input) and held by this run alone
+(``OUTPUT.lock``) before the engine starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,8 +27,15 @@ import time
 from pathlib import Path
 
 from .backends import Completion, Engine, EngineError, SamplingParams
-from .cli import add_engine_arguments, engine_from_args
-from .paths import cut_torn_line, write_atomically
+from .cli import (
+    ENGINE_DEFAULTS,
+    add_engine_arguments,
+    engine_from_args,
+    engine_options,
+    resolve_defaults,
+)
+from .lifetime import command
+from .paths import OutputBusy, claim_output, cut_torn_line, write_atomically
 
 
 class InputError(ValueError):
@@ -166,6 +176,7 @@ def generate_missing(
     return written, None
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genprm-generate", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -182,7 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     add_engine_arguments(parser)
     args = parser.parse_args(argv)
+    # Checked and held before the engine starts: one writer per output file.
+    try:
+        claim = (
+            claim_output(args.output, folder=False, inputs=[args.input])
+            if args.output
+            else contextlib.nullcontext()
+        )
+    except (OSError, ValueError, OutputBusy) as error:
+        print(f"genprm-generate: {error}", file=sys.stderr)
+        return 2
+    with claim:
+        return generate_all(parser, args)
 
+
+def generate_all(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command, once its output (if any) is claimed."""
     try:
         if args.input:
             rows = read_prompts(args.input)
@@ -203,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # InputError, ResumeError, bad sampling settings
         print(f"genprm-generate: {error}", file=sys.stderr)
         return 2
+    if not rows:
+        print(f"genprm-generate: no prompts in {args.input}; nothing to do", file=sys.stderr)
+        return 0
     pending = sorted(set(range(len(rows))) - set(done))
     if done:
         finished = len(rows) - len(pending)
@@ -215,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # vLLM logs to stdout by default, which here carries the results.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    preset = resolve_defaults(args, ENGINE_DEFAULTS)
+    engine_options(parser, args)  # a flag of the other engine is a usage error, said first
+    if preset:
+        print(f"genprm-generate: {preset}", file=sys.stderr)
     try:
         engine = engine_from_args(parser, args)
     except EngineError as error:

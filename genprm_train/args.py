@@ -4,12 +4,26 @@ They sit at the top level of the axolotl YAML, not under ``datasets:``: axolotl 
 per-dataset keys it does not know.
 """
 
-from typing import Literal
+import difflib
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from eval.bon.aggregate import AGGREGATIONS
 from genprm.verifier import BUDGET, MODES, PROMPT_STYLES
+
+
+def _check_keys(given, known: list[str], prefix: str = "") -> None:
+    """A ValueError naming the first of ``given`` not in ``known`` and the nearest known one."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    nearest = difflib.get_close_matches(unknown[0], known, n=1)
+    if nearest:
+        hint = f"did you mean {prefix}{nearest[0]}?"
+    else:
+        hint = "keys: " + ", ".join(prefix + name for name in known)
+    raise ValueError(f"unknown key {prefix}{unknown[0]}; {hint}")
 
 
 class GenPRMRewardArgs(BaseModel):
@@ -18,6 +32,13 @@ class GenPRMRewardArgs(BaseModel):
     reward per completion. Unknown keys are an error (a typo would otherwise be ignored)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _check_keys(data, sorted(GenPRMRewardArgs.model_fields), "genprm_reward.")
+        return data
 
     base_urls: list[str] = Field(
         min_length=1,
@@ -103,7 +124,17 @@ class GenPRMRewardArgs(BaseModel):
 class GenPRMArgs(BaseModel):
     """Config keys added by ``plugins: [genprm_train.GenPRMPlugin]``."""
 
+    # The axolotl config holds every other key too; only the genprm_ ones are ours to check.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_genprm_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            # Compared without the shared prefix, which would make every name look close.
+            ours = [k[7:] for k in data if isinstance(k, str) and k.startswith("genprm_")]
+            _check_keys(ours, [name[7:] for name in sorted(GenPRMArgs.model_fields)], "genprm_")
+        return data
 
     genprm_train_on_code_output: StrictBool = Field(
         default=False,

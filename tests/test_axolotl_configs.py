@@ -730,3 +730,49 @@ def test_multi_node_commands_keep_the_global_batch(launcher_args, launch_cmd, mo
     assert "--gradient-accumulation-steps=2" in cmd
     recipe = load_yaml(RAY_RECIPE)
     assert global_batch({**recipe, "gradient_accumulation_steps": 2}, 16) == PAPER_GLOBAL_BATCH
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "nearest"),
+    [
+        (CPU, "genprm_train_on_code_ouput", "genprm_train_on_code_output"),
+        (CPU, "genprm_dataset_stat", "genprm_dataset_stats"),
+        (GRPO_CPU, "genprm_rewards", "genprm_reward"),
+    ],
+)
+def test_a_misspelt_genprm_key_stops_validation_naming_the_nearest(name, key, nearest, validate):
+    """Axolotl ignores keys it does not know; a ``genprm_*`` one is ours, so a typo is an error
+    instead of a silent default."""
+    raw = load_yaml(name)
+    raw[key] = True
+    with pytest.raises(ValueError) as excinfo:
+        validate(raw, name)
+    assert f"unknown key {key}" in str(excinfo.value)
+    assert f"did you mean {nearest}?" in str(excinfo.value)
+
+
+def test_a_misspelt_genprm_reward_key_names_the_nearest(validate):
+    raw = load_yaml(GRPO_CPU)
+    raw["genprm_reward"] = {**raw["genprm_reward"], "timeout": 60}
+    with pytest.raises(ValueError) as excinfo:
+        validate(raw, GRPO_CPU)
+    assert "unknown key genprm_reward.timeout; did you mean genprm_reward.timeout_s?" in str(
+        excinfo.value
+    )
+
+
+def test_genprm_args_refuse_unknown_genprm_keys_and_keep_the_others():
+    from genprm_train.args import GenPRMArgs
+
+    assert GenPRMArgs(base_model="x", genprm_dataset_stats=False).genprm_dataset_stats is False
+    with pytest.raises(
+        ValueError,
+        match="unknown key genprm_train_on_code_ouput; did you mean genprm_train_on_code_output",
+    ):
+        GenPRMArgs(genprm_train_on_code_ouput=True)
+    with pytest.raises(
+        ValueError,
+        match="unknown key genprm_1; keys: genprm_dataset_stats, "
+        "genprm_reward, genprm_train_on_code_output",
+    ):
+        GenPRMArgs(genprm_1=1)

@@ -14,6 +14,7 @@ import pytest
 
 from data_synthesis import convert_labelled
 from genprm import models, paths
+from genprm.cli import resolve_defaults
 from genprm.format import NO, OUTPUT_PREFIX, SYSTEM_DIRECT, YES, build_direct_conversation
 from genprm_train import train_report
 
@@ -130,7 +131,7 @@ def test_convert_null_ids_are_derived_and_unique(tmp_path):
 def test_convert_rejects_bad_and_repeated_ids(tmp_path, capsys, records, expected):
     source = write_jsonl(tmp_path / "dup.jsonl", records)
     output = tmp_path / "out.jsonl"
-    assert convert_labelled.main([str(source), str(output)]) == 1
+    assert convert_labelled.main([str(source), str(output)]) == 2
     assert re.search(expected, capsys.readouterr().err)
     assert not output.exists()
 
@@ -183,7 +184,7 @@ def test_convert_bad_input_names_file_line_and_record(tmp_path, capsys, bad_line
     output = tmp_path / "out.jsonl"
     output.write_text("previous contents\n")
     before = output.stat().st_mtime_ns
-    assert convert_labelled.main([str(source), str(output)]) == 1
+    assert convert_labelled.main([str(source), str(output)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("genprm-convert: ")
@@ -205,13 +206,13 @@ def test_convert_failure_creates_no_output(tmp_path):
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"{source}:2:" in done.stderr and "'x'" in done.stderr
     assert not output.exists()
 
 
-def test_convert_missing_input_exits_1(tmp_path, capsys):
-    assert convert_labelled.main([str(tmp_path / "absent.jsonl"), str(tmp_path / "out.jsonl")]) == 1
+def test_convert_missing_input_exits_2(tmp_path, capsys):
+    assert convert_labelled.main([str(tmp_path / "absent.jsonl"), str(tmp_path / "out.jsonl")]) == 2
     assert "absent.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -510,6 +511,7 @@ def test_refine_has_no_critic_and_cot_code_needs_the_sandbox(capsys):
         parser.parse_args(["refine", "--out", "x", "--verifier", "critic"])
     assert exit_.value.code == 2 and "--verifier" in capsys.readouterr().err
     args = parser.parse_args(["refine", "--out", "x"])
+    resolve_defaults(args, args.defaults)
     with pytest.raises(ValueError, match="cot\\+code"):
         make_verifier(args, ScriptedEngine({}), sandbox=None)
 
@@ -522,10 +524,11 @@ def test_the_stored_settings_keys_are_unchanged():
     parser = eval_parser()
     bon = parser.parse_args(["bon", "--out", "x", "--input", "p.jsonl", "--verifier", "critic",
                              "--critic-samples", "8", "--critic-max-tokens", "10"])  # fmt: skip
+    resolve_defaults(bon, bon.defaults)
     assert command_settings(bon) == {
         "input": "p.jsonl", "samples": None, "limit": None, "n": 8, "engine": "vllm",
         "model": None, "verifier": "critic", "seed": 0, "subsets": bon.subsets,
-        "temperature": 0.7, "max_tokens": 1024, "policy": "engine", "critic_samples": 8,
+        "temperature": 0.7, "max_tokens": 256, "policy": "engine", "critic_samples": 8,
         "critic_max_tokens": 10,
     }  # fmt: skip
     bon = parser.parse_args(["bon", "--out", "x", "--samples", "s.jsonl", *VERIFIER_FLAGS])
@@ -576,3 +579,75 @@ def test_a_policy_server_gets_its_own_openai_engine(command, vllm_servers, vllm_
         assert completion.samples[0].token_ids
     finally:
         policy.close()
+
+
+def test_request_timeout_and_retries_reach_both_openai_engines(capsys):
+    from genprm.cli import (
+        add_engine_arguments,
+        add_policy_engine_arguments,
+        engine_options,
+        policy_engine_options,
+    )
+
+    parser = argparse.ArgumentParser(prog="genprm-eval")
+    add_engine_arguments(parser)
+    add_policy_engine_arguments(parser)
+    flags = ["--engine", "openai", "--base-url", "http://a/v1", "--policy-base-url",
+             "http://p/v1", "--request-timeout", "45", "--retries", "1"]  # fmt: skip
+    args = parser.parse_args(flags)
+    for options in (engine_options(parser, args), policy_engine_options(parser, args)):
+        assert (options["timeout_s"], options["retries"]) == (45.0, 1)
+    defaults = parser.parse_args(["--engine", "openai", "--base-url", "http://a/v1"])
+    assert engine_options(parser, defaults)["retries"] == 3
+    with pytest.raises(SystemExit) as exit_:
+        engine_options(parser, parser.parse_args(["--retries", "1"]))
+    assert exit_.value.code == 2 and "--retries is for --engine openai" in capsys.readouterr().err
+    for bad in (["--retries", "-1"], ["--request-timeout", "0"], ["--request-timeout", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+        assert f"argument {bad[0]}: must be" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- the embedded model's preset
+
+
+def test_the_embedded_model_gets_the_small_preset_and_a_flag_given_wins():
+    parser = eval_parser()
+    args = parser.parse_args(["bon", "--out", "x"])
+    note = resolve_defaults(args, args.defaults)
+    assert (args.budget, args.max_tokens, args.critic_max_tokens) == (96, 256, 256)
+    assert (args.dtype, args.enforce_eager) == ("float32", True)
+    assert note.startswith(
+        "the embedded model's preset: --dtype float32, --enforce-eager, --budget 96, "
+        "--max-tokens 256"
+    )
+    given = parser.parse_args(
+        ["bon", "--out", "x", "--budget", "2048", "--max-tokens", "64", "--no-enforce-eager"]
+    )
+    note = resolve_defaults(given, given.defaults)
+    assert (given.budget, given.max_tokens, given.critic_max_tokens) == (2048, 64, 256)
+    assert given.enforce_eager is False
+    assert "--budget" not in note and "--max-tokens 256" not in note and "eager" not in note
+
+
+@pytest.mark.parametrize(
+    "flags", [["--model", "GenPRM/GenPRM-7B"], ["--engine", "openai", "--base-url", "http://x"]]
+)
+def test_a_model_of_ones_own_keeps_the_papers_defaults(flags):
+    args = eval_parser().parse_args(["processbench", "--out", "x", *flags])
+    assert resolve_defaults(args, args.defaults) is None
+    assert (args.budget, args.max_tokens) == (2048, 4096)
+    if args.engine == "vllm":
+        assert (args.dtype, args.enforce_eager) == ("auto", False)
+
+
+def test_the_command_names_the_preset_in_one_line_as_it_starts(tmp_path, capsys):
+    from eval import cli
+
+    assert cli.main(["processbench", "--limit", "0", "--out", str(tmp_path / "pb")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "genprm-eval: the embedded model's preset: --dtype float32, --enforce-eager, --budget 96, "
+        "--max-tokens 256 (with --model, the paper's defaults; a flag given wins)"
+    )
+    assert sum("preset" in line for line in err) == 1

@@ -1,15 +1,19 @@
 """genprm-generate: finished results survive a failed batch, a rerun completes the output (each
 input once, in input order, as an uninterrupted run writes it), a changed input or changed
-settings are refused, and engine flags that do not fit the engine are usage errors.
+settings are refused, engine flags that do not fit the engine are usage errors, and an output
+that cannot be written or that another run holds is refused before the engine starts.
 
 The engine is the scripted one: a prompt missing from its script fails its request only.
 """
 
 import json
+import os
+import subprocess
 
 import pytest
 
 from genprm import generate
+from genprm.paths import output_lock
 from genprm.testing import ScriptedEngine
 
 ANSWERS = {f"q{i}": f"answer {i}" for i in range(7)}
@@ -163,3 +167,73 @@ def test_engine_flags_that_do_not_fit_the_engine_are_usage_errors(flags, message
     err = capsys.readouterr().err
     assert err.startswith("usage: genprm-generate")
     assert err.rstrip().endswith(f"genprm-generate: error: {message}")
+
+
+# -- the output, checked and held before the engine starts -----------------------------------
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    def refuse(parser, args):
+        raise AssertionError("the engine was started")
+
+    monkeypatch.setattr(generate, "engine_from_args", refuse)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only tmpfs (as root a read-only bind or chmod would not stop writes)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.root
+def test_an_output_on_a_read_only_file_system_is_refused_before_the_engine(
+    no_engine, prompts, read_only, capsys
+):
+    output = read_only / "out.jsonl"
+    assert generate.main(["--input", str(prompts), "--output", str(output)]) == 2
+    assert error_line(capsys) == (
+        f"genprm-generate: cannot write to {output}: Read-only file system"
+    )
+
+
+def test_an_output_that_is_a_folder_or_the_input_is_refused_before_the_engine(
+    no_engine, prompts, tmp_path, capsys
+):
+    assert generate.main(["--input", str(prompts), "--output", str(tmp_path)]) == 2
+    assert error_line(capsys) == f"genprm-generate: {tmp_path} is a folder, not a file"
+    before = prompts.read_bytes()
+    assert generate.main(["--input", str(prompts), "--output", str(prompts)]) == 2
+    assert "is the input file" in error_line(capsys)
+    assert prompts.read_bytes() == before
+
+
+def test_a_second_writer_of_an_output_is_refused(no_engine, prompts, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    with output_lock(output):  # another run holds it (an open of its own: flock)
+        assert generate.main(["--input", str(prompts), "--output", str(output)]) == 2
+    assert f"{output} is being written by pid {os.getpid()}" in error_line(capsys)
+    assert not output.exists()
+
+
+def test_the_lock_goes_with_the_run(run, tmp_path):
+    assert run(without()) == 0
+    with output_lock(tmp_path / "out.jsonl"):  # free again: taken at once
+        pass
+
+
+def test_an_empty_input_says_so(no_engine, tmp_path, capsys):
+    empty = tmp_path / "prompts.jsonl"
+    empty.write_text("\n")
+    assert generate.main(["--input", str(empty), "--output", str(tmp_path / "out.jsonl")]) == 0
+    assert error_line(capsys) == f"genprm-generate: no prompts in {empty}; nothing to do"

@@ -257,7 +257,7 @@ def command(tmp_path: Path, out: Path, *extra: str) -> list[str]:
     rows = [{**r, "text": r.get("text", A0)} for r in RECORDS]
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return ["refine", "--samples", str(samples), "--mode", "cot", "--sandbox-workers", "2",
-            "--out", str(out), *extra]  # fmt: skip
+            "--budget", "2048", "--max-tokens", "4096", "--out", str(out), *extra]  # fmt: skip
 
 
 def test_the_command_writes_the_outputs_and_resumes(tmp_path, monkeypatch, capsys, read_wandb_run):

@@ -692,6 +692,69 @@ def test_host_signal_leaves_no_workers_or_snippets(signum):
     }
 
 
+def test_close_closes_every_worker_even_when_one_fails(monkeypatch):
+    """A worker left open would keep a request's thread, and so the host's exit, waiting (the
+    SIGINT host above hung so once)."""
+    sandbox = Sandbox(workers=2, timeout=TIMEOUT)
+    workers = sandbox.worker_pids()
+    first = sandbox._workers[0]
+    real_close = first.close
+
+    def failing_close(wait: float = 5.0) -> None:
+        real_close(wait)
+        raise OSError("cannot remove the cgroup")
+
+    monkeypatch.setattr(first, "close", failing_close)
+    with pytest.raises(OSError, match="cannot remove"):
+        sandbox.close()
+    assert wait_for(lambda: not any(alive(pid) for pid in workers))
+
+
+@pytest.mark.root
+def test_a_worker_killed_by_its_request_while_closing_is_released_once(monkeypatch):
+    """The thread whose request saw the worker die kills it while close() closes it: its
+    cgroups are removed and its uid given back once, with no error in either thread."""
+    from genprm.sandbox import pool
+
+    sandbox = Sandbox(workers=1, timeout=TIMEOUT)
+    [worker] = sandbox._workers
+    lease, cgroups = worker.uid_lease, worker.cgroups
+    inside, most_inside, releases = [0], [0], []
+    real_remove, real_release = cgroups.remove, lease.release
+
+    def slow_remove(timeout: float = 10.0) -> None:
+        inside[0] += 1
+        most_inside[0] = max(most_inside[0], inside[0])
+        time.sleep(0.3)
+        real_remove(timeout)
+        inside[0] -= 1
+
+    def counted_release() -> None:
+        releases.append(threading.current_thread().name)
+        real_release()
+
+    monkeypatch.setattr(cgroups, "remove", slow_remove)
+    monkeypatch.setattr(lease, "release", counted_release)
+    errors = []
+
+    def kill() -> None:
+        try:
+            worker.kill()
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    time.sleep(0.05)
+    sandbox.close()
+    killer.join()
+    assert not errors and most_inside[0] == 1 and len(releases) == 1, (errors, releases)
+    assert not os.path.exists(cgroups.folder)
+    again = pool.SNIPPET_UIDS.lease(lease.uid)
+    assert again is not None  # the uid is free again
+    again.release()
+
+
 def test_python_paths_under_tmp_stay_importable_and_read_only(monkeypatch):
     """A checkout (virtual environment, package) under /tmp is not hidden by the snippet's
     private /tmp: it stays visible, read-only."""

@@ -1,6 +1,7 @@
 """genprm.sandbox.cgroups: finding our memory cgroup (also inside a container, where the
 hierarchy is mounted from the container's own cgroup), and a worker's cgroups made, limited,
-joined, counted and removed, also when a killed host left them behind."""
+joined, counted and removed, also when a killed host left them behind: by the uid's next
+holder, or by any sandbox that starts while the uid is not leased."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import sys
 
 import pytest
 
-from genprm.sandbox import cgroups
+from genprm.sandbox import Sandbox, cgroups
 from genprm.sandbox.cgroups import CgroupError, WorkerCgroups
+from genprm.sandbox.pool import SNIPPET_UIDS
 
 MOUNTINFO = (
     "25 1 0:22 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755\n"
@@ -56,9 +58,12 @@ UID = 1_899_999_000
 
 @pytest.fixture
 def made():
+    # Leased, as a sandbox's are: a sandbox starting meanwhile leaves it alone.
+    lease = SNIPPET_UIDS.lease(UID)
     made = WorkerCgroups(UID, 64 << 20)
     yield made
     made.remove()
+    lease.release()
 
 
 def read(path: str, name: str) -> str:
@@ -106,3 +111,42 @@ def test_cgroups_a_killed_host_left_are_removed_with_what_runs_in_them(made):
         sleeper.wait()
     made.remove()
     assert not os.path.exists(made.folder)
+
+
+# A uid no sandbox reserves (below the range), left behind by a "killed host".
+STALE_UID = 1_899_998_000
+
+
+@pytest.fixture
+def stale():
+    """``genprm-sandbox-<STALE_UID>/{0,1}`` made by hand, as a killed host leaves them."""
+    folder = os.path.join(cgroups.own_memory_cgroup(), f"{cgroups.PREFIX}{STALE_UID}")
+    os.mkdir(folder)
+    for slot in cgroups.SLOTS:
+        os.mkdir(os.path.join(folder, slot))
+    yield folder
+    cgroups.remove_cgroups(folder)
+
+
+@pytest.mark.root
+def test_a_sandbox_removes_cgroups_of_killed_hosts_and_keeps_those_of_live_ones(stale):
+    with Sandbox(workers=1) as live:
+        mine = os.path.join(cgroups.own_memory_cgroup(), f"{cgroups.PREFIX}{live.isolation['uid']}")
+        assert os.path.isdir(mine)
+        with Sandbox(workers=1) as other:
+            assert not os.path.exists(stale)
+            assert os.path.isdir(mine)  # its uid is leased by a live sandbox
+            assert other.run("print(1)").stdout == "1\n"
+        assert live.run("print(2)").stdout == "2\n"
+
+
+@pytest.mark.root
+def test_a_cgroup_whose_uid_is_leased_is_kept(stale):
+    lease = SNIPPET_UIDS.lease(STALE_UID)  # as a host on another uid range holds it
+    try:
+        cgroups.remove_stale(SNIPPET_UIDS.lease)
+        assert os.path.isdir(stale)
+    finally:
+        lease.release()
+    cgroups.remove_stale(SNIPPET_UIDS.lease)
+    assert not os.path.exists(stale)

@@ -208,10 +208,15 @@ def test_mc_initial_once_per_problem_and_read_back_from_the_cache(sandbox, tmp_p
     assert {e["problem_id"]: e["tokens"] for e in lines}["p"] == sum(map(len, answers(5, 10)))
 
     again = Policy({(p, prefix(two, 0)): answers(6, 6)})
-    [result] = run(stage_for(again, sandbox, cache_path=cache), record(two, problem=p))
+    [result] = run(stage_for(again, sandbox, cache_path=cache), record(two, problem=p, k=7))
     assert "Step 1: " not in again.prefixes()
     assert result.records[0]["mc_initial"] == 0.5 and result.records[0]["mc"] == [1.0, 1.0]
-    assert result.stats["initial_pass_rates"] == 0
+    assert result.stats["initial_pass_rates"] == 0  # another solution's: counted there
+    # the solution that computed it, redone (its first result was lost), counts it again
+    redo = Policy({(p, prefix(two, 0)): answers(6, 6)})
+    [result] = run(stage_for(redo, sandbox, cache_path=cache), record(two, problem=p, k=0))
+    assert "Step 1: " not in redo.prefixes()
+    assert result.stats["initial_pass_rates"] == 1 and result.stats["rollouts"] == 10 + 6
 
 
 def test_a_torn_last_cache_line_is_cut_off_and_recomputed(sandbox, tmp_path):

@@ -22,7 +22,14 @@ from functools import partial
 from pathlib import Path
 
 from eval.processbench.critic import critic_verdict
-from eval.processbench.runner import StepProgress, appender, check_settings, write_settings
+from eval.processbench.runner import (
+    StepProgress,
+    appender,
+    as_only_writer,
+    check_settings,
+    nothing_selected,
+    write_settings,
+)
 from eval.verifier_args import VerifierTools, verifier_settings
 from genprm.backends.types import EngineError
 from genprm.paths import cut_torn_line
@@ -210,10 +217,14 @@ def command_settings(args) -> dict:
 
 def run_command(parser, args) -> int:
     """``genprm-eval bon``: see :mod:`eval.cli`."""
-    from data_synthesis.problems import ProblemFields, load_problems
-
     if args.n is not None and args.n < 1 or args.subsets < 1:
         parser.error("--n and --subsets must be at least 1")
+    return as_only_writer(args, lambda: _run(parser, args))
+
+
+def _run(parser, args) -> int:
+    from data_synthesis.problems import ProblemFields, load_problems
+
     settings = command_settings(args)
     n = args.n or DEFAULT_N
     try:
@@ -225,13 +236,15 @@ def run_command(parser, args) -> int:
             problems, errors = load_problems(str(args.input), ProblemFields(), args.limit)
             for error in errors:
                 print(f"genprm-eval: skipped {error}", file=sys.stderr)
-            if not problems:
+            if errors and not problems:
                 raise ValueError(f"{args.input}: no usable problems")
             done_problems = bon_samples.generated_problems(args.out / SAMPLES, n)
             samples = [s for p in problems for s in done_problems.get(p["id"], [])]
     except (OSError, ValueError) as error:
         print(f"genprm-eval: {error}", file=sys.stderr)
         return 2
+    if not problems and not samples:
+        return nothing_selected(args.samples or args.input, args.limit)
     pending_problems = [p for p in problems if p["id"] not in done_problems]
     done = scored(args.out)
     if done_problems or done:

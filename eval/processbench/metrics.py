@@ -57,7 +57,15 @@ def score(rows: dict[str, list[Row]], predictions: Mapping[str, int | None]) -> 
 def read_predictions(path: Path | str) -> dict[str, int | None]:
     """The ``{"id": str, "prediction": int | null}`` lines of a JSONL file, by id (other keys
     are ignored, so an evaluator's own output file can be read as it is)."""
-    path = Path(path)
+    return _read_predictions(Path(path))[0]
+
+
+def _read_predictions(path: Path) -> tuple[dict[str, int | None], dict[str, str]]:
+    """:func:`read_predictions`, and the ``FILE:LINE`` of each id's prediction."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a predictions file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     predictions: dict[str, int | None] = {}
     first_where: dict[str, str] = {}  # id -> FILE:LINE of its prediction
     for where, record in jsonl_records(path):
@@ -81,15 +89,24 @@ def read_predictions(path: Path | str) -> dict[str, int | None]:
             )
         predictions[row_id] = prediction
         first_where[row_id] = where
-    return predictions
+    return predictions, first_where
 
 
 def score_predictions(path: Path | str, rows: dict[str, list[Row]]) -> tuple[dict, dict]:
     """Score the predictions file ``path`` on ``rows``: ``(score(...), coverage)``, where
     ``coverage`` is ``{"missing": rows without a prediction (counted wrong), "unknown": sorted
-    ids in the file that are not among the rows (not scored)}``."""
-    predictions = read_predictions(path)
-    ids = {row.id for split_rows in rows.values() for row in split_rows}
+    ids in the file that are not among the rows (not scored)}``. A prediction that is neither
+    -1 nor a step of its row is a ValueError naming its file and line."""
+    predictions, where = _read_predictions(Path(path))
+    steps = {row.id: len(row.steps) for split_rows in rows.values() for row in split_rows}
+    for row_id, prediction in predictions.items():
+        count = steps.get(row_id)
+        if count is not None and prediction is not None and not -1 <= prediction < count:
+            raise ValueError(
+                f"{where[row_id]}: the prediction for {row_id!r} must be -1 or a step index "
+                f"0..{count - 1} (its row has {count} steps), got {prediction}"
+            )
+    ids = steps.keys()
     coverage = {
         "missing": len(ids - predictions.keys()),
         "unknown": sorted(predictions.keys() - ids),

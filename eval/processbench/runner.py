@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from genprm.paths import cut_torn_line, write_atomically
+from genprm.paths import OutputBusy, claim_output, cut_torn_line, write_all, write_atomically
 
 from .critic import critic_verdict
 from .data import Row
@@ -27,6 +27,29 @@ SETTINGS = "settings.json"
 
 class ResumeError(ValueError):
     """The output folder holds a run with other settings, or an unreadable one."""
+
+
+def as_only_writer(args, run: Callable[[], int]) -> int:
+    """``run()`` (an exit status) as the only writer of the output folder ``args.out``, which
+    is checked and locked first (:func:`genprm.paths.claim_output`): before any engine starts,
+    a folder that cannot be written or that another run holds is exit status 2. Then the
+    embedded model's preset, where one applies (``args.preset``), is named."""
+    try:
+        claim = claim_output(args.out, folder=True)
+    except (OSError, ValueError, OutputBusy) as error:
+        print(f"genprm-eval: {error}", file=sys.stderr)
+        return 2
+    with claim:
+        if getattr(args, "preset", None):
+            print(f"genprm-eval: {args.preset}", file=sys.stderr)
+        return run()
+
+
+def nothing_selected(source, limit: int | None) -> int:
+    """Say that the selection from ``source`` is empty: exit status 0, nothing to do."""
+    scope = f" with --limit {limit}" if limit is not None else ""
+    print(f"genprm-eval: nothing selected from {source}{scope}; nothing to do", file=sys.stderr)
+    return 0
 
 
 def finished_ids(
@@ -143,7 +166,7 @@ def appender(path: Path) -> Callable[[bytes], None]:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(line: bytes) -> None:
-        os.write(fd, line)
+        write_all(fd, line, path)
 
     return write
 

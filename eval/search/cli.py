@@ -18,8 +18,13 @@ from pathlib import Path
 from eval.bon.aggregate import DEFAULT_SUBSETS
 from eval.bon.report import CURVE, REPORT, text_table
 from eval.processbench.data import DEFAULT_DATA_DIR
-from eval.processbench.runner import appender
-from eval.verifier_args import VerifierTools, add_verifier_arguments, verifier_settings
+from eval.processbench.runner import appender, as_only_writer, nothing_selected
+from eval.verifier_args import (
+    VERIFIER_DEFAULTS,
+    VerifierTools,
+    add_verifier_arguments,
+    verifier_settings,
+)
 from genprm.backends import EngineError
 from genprm.cli import add_engine_arguments, add_policy_engine_arguments
 
@@ -29,6 +34,8 @@ from .tree import METHODS, check
 DEFAULT_N, DEFAULT_WIDTH, DEFAULT_MAX_STEPS = 8, 2, 20
 TEMPERATURE = 0.7  # the policy's (Best-of-N's and the rollouts')
 MAX_STEP_TOKENS = 256
+# on the embedded model (genprm.cli.resolve_defaults)
+EMBEDDED_MAX_STEPS, EMBEDDED_STEP_TOKENS = 5, 48
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -63,10 +70,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_WIDTH,
         help="M: children per beam; beam keeps N/M beams, dvts grows N/M subtrees (default: 2)",
     )
-    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="steps at most")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help=f"steps at most (default {DEFAULT_MAX_STEPS}; the embedded model: "
+        f"{EMBEDDED_MAX_STEPS})",
+    )
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="policy")
     parser.add_argument(
-        "--max-step-tokens", type=int, default=MAX_STEP_TOKENS, help="policy: tokens per step"
+        "--max-step-tokens",
+        type=int,
+        help=f"policy: tokens per step (default {MAX_STEP_TOKENS}; the embedded model: "
+        f"{EMBEDDED_STEP_TOKENS})",
+    )
+    parser.set_defaults(
+        defaults={
+            **VERIFIER_DEFAULTS,
+            "max_steps": (DEFAULT_MAX_STEPS, EMBEDDED_MAX_STEPS),
+            "max_step_tokens": (MAX_STEP_TOKENS, EMBEDDED_STEP_TOKENS),
+        }
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="policy sampling and subset seed (-1: unseeded)"
@@ -112,26 +134,32 @@ def command_settings(args) -> dict:
 
 def run_search(parser, args) -> int:
     """``genprm-eval search``: see the module."""
-    from data_synthesis.problems import ProblemFields, load_problems
-
     try:
         check(args.method, args.n, args.beam_width, args.max_steps)
     except ValueError as error:
         parser.error(str(error))
     if args.max_step_tokens < 1 or args.concurrency < 1 or (args.bon_samples or 1) < 1:
         parser.error("--max-step-tokens, --concurrency and --bon-samples must be at least 1")
+    return as_only_writer(args, lambda: _run(parser, args))
+
+
+def _run(parser, args) -> int:
+    from data_synthesis.problems import ProblemFields, load_problems
+
     settings = command_settings(args)
     try:
         runner.start(args.out, settings)
         problems, errors = load_problems(str(args.input), ProblemFields(), args.limit)
         for error in errors:
             print(f"genprm-eval: skipped {error}", file=sys.stderr)
-        if not problems:
+        if errors and not problems:
             raise ValueError(f"{args.input}: no usable problems")
         records = runner.searched(args.out)
     except (OSError, ValueError) as error:
         print(f"genprm-eval: {error}", file=sys.stderr)
         return 2
+    if not problems:
+        return nothing_selected(args.input, args.limit)
     pending = [problem for problem in problems if problem["id"] not in records]
     if records:
         print(f"genprm-eval: resuming {args.out}: {len(records)} problems already searched",

@@ -7,6 +7,12 @@ server when there is one; a ``Retry-After`` answer lengthens the wait, up to ``m
 other 4xx fail at once with the server's message. The API key comes from the environment and is
 never logged.
 
+A request with no answer for ``timeout_s`` (of a streamed one: no new bytes) is given up and
+retried. A non-streamed answer comes whole, after the whole generation, so that limit is long;
+a hung server is found sooner: after ``WAIT_NOTICE_S`` without an answer the engine says so,
+naming the server, and asks it for ``/v1/models``; a server that answers that neither (stopped,
+cut off) is given up on at once. Every retry is logged with its server and reason.
+
 vLLM's extensions are used where a server accepts them: generated token ids
 (``return_token_ids``, ``return_tokens_as_token_ids``), ``include_stop_str_in_output`` with the
 ``stop_reason`` of each sample, ``top_k``, prefix-cache hits. A server that rejects a field as an
@@ -23,6 +29,7 @@ import concurrent.futures
 import email.utils
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -46,6 +53,13 @@ _TOKEN_ID_PREFIX = "token_id:"
 # A server that just failed gets requests only when every other one failed recently too;
 # after this long it is tried like the others again (it may have been restarted).
 FAILURE_COOLDOWN_S = 30.0
+TIMEOUT_S = 600.0
+"""Seconds a request may wait for an answer (a long generation on a busy server takes minutes)."""
+RETRIES = 3
+WAIT_NOTICE_S = 30.0
+"""A request unanswered this long is announced (once per server in this time) and its server
+asked whether it still answers at all, within ``PROBE_TIMEOUT_S``."""
+PROBE_TIMEOUT_S = 10.0
 # Fields outside the core OpenAI completions API that a server may refuse.
 OPTIONAL_FIELDS = (
     "return_token_ids",
@@ -92,6 +106,14 @@ class _Server:
         """False once a response lacked ``stop_reason`` (which stop string ended a sample)."""
         self.probing = asyncio.Lock()
         """Held while a request finds out about fields new to this server."""
+        self.checking = asyncio.Lock()
+        """Held while a waiting request asks whether the server still answers."""
+        self.answered_at = -math.inf
+        """When the server last answered: a request, or whether it still answers."""
+        self.silent_at = -math.inf
+        """When the server last did not answer whether it still answers."""
+        self.noticed_at = -math.inf
+        """When the engine last said it was waiting on this server."""
 
     @property
     def failing(self) -> bool:
@@ -127,13 +149,17 @@ class OpenAIEngine(Engine):
         tokenizer: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 64,
-        retries: int = 5,
+        retries: int = RETRIES,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
-        timeout_s: float = 600.0,
+        timeout_s: float = TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
         super().__init__()
+        check_limits(
+            max_concurrency=max_concurrency, retries=retries, backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s, timeout_s=timeout_s,
+        )  # fmt: skip
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ValueError("give at least one base URL")
@@ -141,6 +167,7 @@ class OpenAIEngine(Engine):
         self._turn = 0
         self.retries = retries
         self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
         self._warned: set[str] = set()
         api_key = os.environ.get(api_key_env)
@@ -156,7 +183,8 @@ class OpenAIEngine(Engine):
 
         async def start() -> tuple[str, str]:
             self._slots = asyncio.Semaphore(max_concurrency * len(self.servers))
-            limits = httpx.Limits(max_connections=max_concurrency * len(self.servers))
+            # one connection more per server: asking a busy server whether it still answers
+            limits = httpx.Limits(max_connections=(max_concurrency + 1) * len(self.servers))
             self._client = httpx.AsyncClient(
                 headers=headers,
                 timeout=httpx.Timeout(timeout_s, connect=10.0),
@@ -253,6 +281,10 @@ class OpenAIEngine(Engine):
                 except _Transient as error:
                     last_error = f"{server.base_url}: {error}"
                     delay = self._backoff(attempt, error.retry_after)
+                    if attempt < self.retries:
+                        LOG.warning(
+                            "waiting on %s (retry %d/%d)", last_error, attempt + 1, self.retries
+                        )
                 finally:
                     server.in_flight -= 1
         LOG.warning("giving up on a request after %d attempts: %s", self.retries + 1, last_error)
@@ -331,6 +363,57 @@ class OpenAIEngine(Engine):
     async def _send(
         self, server: _Server, request: Request, body: dict, stream: bool
     ) -> Completion:
+        """:meth:`_exchange`, watched until the answer starts: the server must still answer."""
+        answered = asyncio.Event()
+        exchange = asyncio.ensure_future(self._exchange(server, request, body, stream, answered))
+        started = time.monotonic()
+        try:
+            while not (await asyncio.wait([exchange], timeout=WAIT_NOTICE_S))[0]:
+                if answered.is_set():  # streaming: the read timeout covers the gaps
+                    return await exchange
+                waited = time.monotonic() - started
+                self._notice(server, waited)
+                if not await self._answers(server):
+                    server.failed_at = time.monotonic()
+                    raise _Transient(
+                        f"no answer for {waited:.0f} s, nor to {server.base_url}/models"
+                    )
+            return exchange.result()
+        finally:
+            exchange.cancel()
+
+    def _notice(self, server: _Server, waited: float) -> None:
+        now = time.monotonic()
+        if now - server.noticed_at >= WAIT_NOTICE_S:
+            server.noticed_at = now
+            LOG.warning(
+                "waiting on %s: no answer for %.0f s (%d requests there; one gives up after %g s)",
+                server.base_url, waited, server.in_flight, self.timeout_s,
+            )  # fmt: skip
+
+    async def _answers(self, server: _Server) -> bool:
+        """Whether the server answers ``/models`` now; its waiting requests share one asking."""
+        async with server.checking:
+            now = time.monotonic()
+            if now - server.answered_at < WAIT_NOTICE_S:
+                return True
+            if now - server.silent_at < WAIT_NOTICE_S:
+                return False
+            try:
+                url = f"{server.base_url}/models"
+                response = await self._client.get(url, timeout=PROBE_TIMEOUT_S)
+                answers = response.status_code < 500
+            except httpx.HTTPError:
+                answers = False
+            if answers:
+                server.answered_at = time.monotonic()
+            else:
+                server.silent_at = time.monotonic()
+            return answers
+
+    async def _exchange(
+        self, server: _Server, request: Request, body: dict, stream: bool, answered: asyncio.Event
+    ) -> Completion:
         url = f"{server.base_url}/completions"
         try:
             async with self._client.stream("POST", url, json=body) as response:
@@ -338,11 +421,16 @@ class OpenAIEngine(Engine):
                     await response.aread()
                     self._refused(server, response, body)
                 server.failed_at = -FAILURE_COOLDOWN_S
+                server.answered_at = time.monotonic()
+                answered.set()
                 if stream:
                     choices = await self._read_stream(response, request.params)
                 else:
                     payload = json.loads(await response.aread())
-        except httpx.TransportError as error:  # connection refused or reset, timeout
+        except httpx.ReadTimeout as error:
+            server.failed_at = time.monotonic()
+            raise _Transient(f"ReadTimeout: no answer for {self.timeout_s:g} s") from error
+        except httpx.TransportError as error:  # connection refused or reset, other timeouts
             server.failed_at = time.monotonic()
             raise _Transient(_describe(error)) from error
         except (LookupError, TypeError, ValueError) as error:
@@ -537,6 +625,17 @@ def find_stop(
         if at != -1 and (best is None or at + len(candidate) < best[1][1]):
             best = (candidate, (at, at + len(candidate)))
     return best
+
+
+def check_limits(**options) -> None:
+    """A ValueError naming the first of the engine's counts and seconds (of ``options``) out of
+    range: no request could be sent, or none could wait."""
+    for name, least in (("max_concurrency", 1), ("retries", 0)):
+        if name in options and options[name] < least:
+            raise ValueError(f"{name} must be at least {least}, got {options[name]!r}")
+    for name in ("backoff_s", "max_backoff_s", "timeout_s"):
+        if name in options and not options[name] > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {options[name]!r}")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 
+from ..lifetime import guard
 from ..models import prepare_default_model
 from ..paths import cache_dir, default_model_path
 from .types import (
@@ -85,6 +86,7 @@ class VLLMEngine(Engine):
         **engine_args,
     ):
         super().__init__()
+        guard()  # the engine core and its workers go with this process, however it ends
         if is_cpu_build():
             for key, value in cpu_environment().items():
                 os.environ.setdefault(key, value)

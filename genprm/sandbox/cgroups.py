@@ -5,19 +5,26 @@ the tree only.
 
 Each worker gets two cgroups below the host's own memory cgroup (``genprm-sandbox-<uid>/0`` and
 ``/1``, named after the worker's reserved uid, so one left by a killed host is found and removed
-when the uid is reserved again): the snippet running holds one while the next snippet's process
-waits, already inside the other.
+when the uid is reserved again, or by the next sandbox to start while the uid is not leased):
+the snippet running holds one while the next snippet's process waits, already inside the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
+from collections.abc import Callable
+
+from .uids import UidLease
 
 SLOTS = ("0", "1")
 PREFIX = "genprm-sandbox-"
+# Removing a killed host's cgroups: whatever was inside has had time to die.
+STALE_TIMEOUT_S = 2.0
+LOG = logging.getLogger(__name__)
 
 
 class CgroupError(OSError):
@@ -72,18 +79,48 @@ class WorkerCgroups:
 
     def remove(self, timeout: float = 10.0) -> None:
         """Kill what is still inside (processes of a dead worker finish dying) and remove."""
-        deadline = time.monotonic() + timeout
-        for path in [*self.paths, self.folder]:
-            while os.path.isdir(path):
-                for pid in members(path):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
+        remove_cgroups(self.folder, timeout)
+
+
+def remove_cgroups(folder: str, timeout: float = 10.0) -> None:
+    """Remove a worker's cgroup ``folder`` and its slots, killing what is still inside."""
+    deadline = time.monotonic() + timeout
+    for path in [*(os.path.join(folder, slot) for slot in SLOTS), folder]:
+        while os.path.isdir(path):
+            for pid in members(path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                os.rmdir(path)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+def remove_stale(lease: Callable[[int], UidLease | None], parent: str | None = None) -> None:
+    """Remove every worker cgroup folder below ``parent`` (default: ours) whose uid no live
+    sandbox holds: ``lease(uid)`` takes the uid's lock, or gives None where another holds it.
+    The lock is held while the folder goes, so that no sandbox starts on that uid meanwhile."""
+    try:
+        parent = parent or own_memory_cgroup()
+        names = os.listdir(parent)
+    except OSError:  # no memory cgroup here (CgroupError), so none to clean up
+        return
+    for name in names:
+        uid = name.removeprefix(PREFIX)
+        if not (name.startswith(PREFIX) and uid.isdigit()):
+            continue
+        held = lease(int(uid))
+        if held is None:
+            continue
+        folder = os.path.join(parent, name)
+        try:
+            remove_cgroups(folder, STALE_TIMEOUT_S)
+        except OSError as error:
+            LOG.warning("could not remove %s, left by a killed sandbox: %s", folder, error)
+        finally:
+            held.release()
 
 
 def join(path: str) -> None:

@@ -24,7 +24,7 @@ from typing import Self
 
 from . import bwrap as _bwrap
 from . import scratch
-from .cgroups import CgroupError, WorkerCgroups
+from .cgroups import CgroupError, WorkerCgroups, remove_stale
 from .result import ExecResult
 from .uids import UidLease, UidRange
 
@@ -68,6 +68,9 @@ class _WorkerHandle:
     def __init__(self, config: dict, bwrap: str | None):
         self.uid_lease = _reserve_uid() if os.geteuid() == 0 else None
         self.cgroups: WorkerCgroups | None = None
+        # The thread whose request saw the worker die kills it while close() may be closing
+        # it: the cgroups are removed and the uid given back once.
+        self._releasing = threading.Lock()
         try:
             self.config, wrapper = self._configure(config, bwrap)
             self.process = _start_worker(self.config, wrapper)
@@ -130,9 +133,12 @@ class _WorkerHandle:
             remaining = deadline - time.monotonic()
             if searched > self._reply_cap or remaining <= 0:
                 return None
-            if not self._poller.poll(remaining * 1000):
+            try:
+                if not self._poller.poll(remaining * 1000):
+                    return None
+                chunk = os.read(fd, 1 << 20)
+            except OSError:  # close() closed the pipe under a request still waiting on it
                 return None
-            chunk = os.read(fd, 1 << 20)
             if not chunk:
                 return None
             self._buffer += chunk
@@ -161,15 +167,17 @@ class _WorkerHandle:
 
     def _release(self) -> None:
         """Remove the memory cgroups (killing whatever is still dying inside), then give the
-        uid back."""
-        if self.cgroups is not None:
-            try:
-                self.cgroups.remove()
-            except OSError as error:  # removed when this uid is reserved again
-                LOG.warning("could not remove %s: %s", self.cgroups.folder, error)
-            self.cgroups = None
-        if self.uid_lease is not None:
-            self.uid_lease.release()
+        uid back; once, whichever threads call it."""
+        with self._releasing:
+            cgroups, self.cgroups = self.cgroups, None
+            lease, self.uid_lease = self.uid_lease, None
+            if cgroups is not None:
+                try:
+                    cgroups.remove()
+                except OSError as error:  # removed when this uid is reserved again
+                    LOG.warning("could not remove %s: %s", cgroups.folder, error)
+            if lease is not None:
+                lease.release()
 
 
 def _reserve_uid() -> UidLease:
@@ -241,6 +249,8 @@ class Sandbox:
         self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
         self._closed = False
+        if os.geteuid() == 0:  # the memory cgroups of killed hosts
+            remove_stale(SNIPPET_UIDS.lease)
         with ThreadPoolExecutor(workers) as starter:
             starts = [
                 starter.submit(_WorkerHandle, self._config, self._bwrap) for _ in range(workers)
@@ -327,8 +337,14 @@ class Sandbox:
                 return
             self._closed = True
         _OPEN_SANDBOXES.discard(self)
-        for worker in self._workers:
-            worker.close()
+        failed = []
+        for worker in self._workers:  # every one: a request blocked on a worker left open
+            try:  # would keep its thread, and the host's exit, waiting
+                worker.close()
+            except Exception as error:  # noqa: BLE001 - raised once all are closed
+                failed.append(error)
+        if failed:
+            raise failed[0]
 
     def __enter__(self) -> Self:
         return self

@@ -52,13 +52,12 @@ class UidRange:
         """The lowest free uid of the range, reserved; None when every one is taken."""
         foreign = subordinate_ranges(self.subid_files)
         mapped = [_id_map(path) for path in ID_MAPS]
-        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
         for uid in range(self.first, self.first + self.count):
             if _inside(uid, foreign) or not all(_inside(uid, ids) for ids in mapped):
                 continue
             if is_account(uid):
                 continue
-            lease = self._lock(uid)
+            lease = self.lease(uid)
             if lease is None:
                 continue
             # Checked under the lock: processes of an earlier holder may still be dying.
@@ -68,7 +67,10 @@ class UidRange:
             return lease
         return None
 
-    def _lock(self, uid: int) -> UidLease | None:
+    def lease(self, uid: int) -> UidLease | None:
+        """``uid``'s lock, taken (no other check: see :meth:`reserve`); None while another
+        holds it."""
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.lock_dir, str(uid))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

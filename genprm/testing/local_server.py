@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 from genprm.backends.vllm_engine import cpu_environment
+from genprm.lifetime import guard
 from genprm.paths import cache_dir, default_model_path
 
 STARTUP_TIMEOUT_S = 600.0
@@ -56,6 +57,7 @@ class LocalVLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> LocalVLLMServer:
+        guard()  # the server goes with the process that started it, however that ends
         command = [
             self.python,
             "-m",

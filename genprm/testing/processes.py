@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
+from genprm import lifetime
 from genprm.sandbox.isolation import descendants, proc_stat
 from genprm.sandbox.snippet import WAITING_NAME
 from genprm.sandbox.zygote import NAME as ZYGOTE_NAME
@@ -72,3 +74,49 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
             return False
         time.sleep(interval)
     return True
+
+
+class ProcessTree:
+    """Follows everything below a running process (pid and start time), while it runs: what it
+    started, renamed (vLLM sets process titles) or not, and what its death orphans."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid = pid
+        self.seen: dict[int, int] = {}
+        self.commands: dict[int, str] = {}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._follow, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _follow(self, interval: float) -> None:
+        while not self._stopped.is_set():
+            found = lifetime.below({self.pid}, lifetime.processes())
+            for pid in found.keys() - self.seen.keys():
+                self.commands[pid] = command_line(pid) or "?"
+            self.seen.update(found)
+            self._stopped.wait(interval)
+
+    def stop(self) -> None:
+        """Stop following (call it once the process is dead: what it left is still known)."""
+        self._stopped.set()
+        self._thread.join()
+
+    def alive(self, prefix: str = "") -> list[str]:
+        """The command lines (as they are now) of the live processes seen whose command line
+        starts with ``prefix``."""
+        table = lifetime.processes()
+        found = []
+        for pid, start in list(self.seen.items()):
+            if table.get(pid, ("", 0, None))[2] == start:
+                command = command_line(pid) or self.commands[pid]
+                if command.startswith(prefix):
+                    found.append(command)
+        return found
+
+
+def command_line(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None

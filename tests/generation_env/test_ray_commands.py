@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from eval.processbench.data import DEFAULT_DATA_DIR, load_splits
-from genprm.testing.processes import wait_for
+from genprm.testing.processes import ProcessTree, wait_for
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.vllm
@@ -29,6 +29,7 @@ GSM8K = DEFAULT_DATA_DIR.parent / "gsm8k" / "test.jsonl"
 ENGINE = ["--engine", "vllm", "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048"]
 RAY = ["--executor", "ray", "--ray-actors", "2", "--ray-shard-size", "1"]
 TIMEOUT_S = 600
+GONE_WITHIN_S = 10.0
 CLUSTER_FOLDERS = set(glob.glob("/tmp/gray-*"))  # local clusters' folders not ours to remove
 
 
@@ -148,11 +149,16 @@ def test_processbench_on_ray_resumes_after_the_driver_is_killed(tmp_path):
         command, cwd=REPO, env=environment(tag), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    tree = ProcessTree(driver.pid)
     try:
         assert wait_for(lambda: predictions.exists() and predictions.stat().st_size, TIMEOUT_S)
+        assert tree.alive("ray::_Actor") and tree.alive("VLLM::EngineCore")
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+        # the local cluster (GCS, raylet, actors, their vLLM engines) goes with its driver
+        assert wait_for(lambda: not tree.alive(), GONE_WITHIN_S), tree.alive()
     finally:
+        tree.stop()
         driver.kill()
         kill_tagged(tag)
     before = predictions.read_bytes()

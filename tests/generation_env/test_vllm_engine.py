@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from genprm import lifetime
 from genprm.backends import ContextTooLong, EngineError, Request, SamplingParams, make_engine
 from genprm.paths import default_model_path
 from genprm.sandbox.isolation import descendants
@@ -19,9 +20,10 @@ pytestmark = pytest.mark.vllm
 
 
 def child_pids() -> set[int]:
-    """Processes below us, but multiprocessing's resource tracker (it lives until we exit)."""
+    """Processes below us, but multiprocessing's resource tracker and our lifetime watchdog
+    (both live until we exit)."""
     found = set()
-    for pid in descendants(os.getpid()):
+    for pid in set(descendants(os.getpid())) - {lifetime.watchdog_pid()}:
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
