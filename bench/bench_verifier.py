@@ -2,13 +2,16 @@
 same vLLM CPU engine, in one run.
 
 (a) batched: ``GenPRMVerifier.score_many``, every solution and step in flight at once;
-(b) upstream's order: one solution at a time, one step at a time (``concurrency=1``).
-Both use the embedded model, ``cot+code`` with the sandbox, Maj@N, the same seed and stop at the
-first wrong step, as ProcessBench does. Printed: wall time and generated tokens of each, the
-ratio (b)/(a) (target >= 3x), and the share of (a)'s wall time the engine was busy
+(b) upstream's order: one solution at a time, one step at a time (``concurrency=1``);
+(c) adaptive: (a) in ``--mode adaptive`` (direct, then cot, then cot+code while a step's reward
+    is ambiguous), for its verifier tokens per step beside (a)'s.
+All use the embedded model, the sandbox, Maj@N, the same seed and stop at the first wrong step,
+as ProcessBench does; (a) and (b) are ``cot+code``. Printed: wall time and generated tokens of
+each, the ratio (b)/(a) (target >= 3x), the share of (a)'s wall time the engine was busy
 (``engine.counters``; target: orchestration and the sandbox add <= 10% over the engine's own
-time). With one row per split the slowest solution bounds the batched run and the ratio is
-lower (1.9x measured); the default of four rows per split takes 10-20 minutes on 2 cores:
+time), and the tokens per step of (c) against (a) with the levels that decided (c)'s steps.
+With one row per split the slowest solution bounds the batched run and the ratio is lower
+(1.9x measured); the default of four rows per split takes 10-20 minutes on 2 cores:
 
     .venv-vllm/bin/python bench/bench_verifier.py [--rows 4] [--budget 64] [--maj 1]
 """
@@ -17,18 +20,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 from eval.processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
 from genprm.backends import make_engine
 from genprm.sandbox import Sandbox
-from genprm.verifier import GenPRMVerifier
+from genprm.verifier import ADAPTIVE_LEVELS, GenPRMVerifier
 
 TARGET_RATIO = 3.0
 OVERHEAD_GOAL = 0.10
 
 
-def timed(verifier: GenPRMVerifier, engine, items) -> tuple[float, float, int, int]:
-    """Wall seconds, engine-busy seconds, generated tokens and steps scored."""
+def timed(verifier: GenPRMVerifier, engine, items) -> tuple[float, float, int, int, Counter]:
+    """Wall seconds, engine-busy seconds, generated tokens, steps scored and (adaptive) the
+    levels that decided them."""
     before = engine.counters
     started = time.perf_counter()
     results = verifier.score_many(items, stop_at_first_error=True)
@@ -36,7 +41,8 @@ def timed(verifier: GenPRMVerifier, engine, items) -> tuple[float, float, int, i
     after = engine.counters
     steps = sum(len(result.rewards) for result in results)
     tokens = after.generated_tokens - before.generated_tokens
-    return wall, after.wall_s - before.wall_s, tokens, steps
+    levels = Counter(level for result in results for level in result.levels or ())
+    return wall, after.wall_s - before.wall_s, tokens, steps, levels
 
 
 def main() -> None:
@@ -54,14 +60,17 @@ def main() -> None:
             settings = dict(maj=args.maj, budget=args.budget, seed=0)
             batched = GenPRMVerifier(engine, sandbox, **settings)
             one_by_one = GenPRMVerifier(engine, sandbox, concurrency=1, **settings)
+            adaptive = GenPRMVerifier(engine, sandbox, mode="adaptive", **settings)
             timed(batched, engine, items[:1])  # warm-up: compiled kernels, sandbox workers
             ours = timed(batched, engine, items)
             theirs = timed(one_by_one, engine, items)
+            cheap = timed(adaptive, engine, items)
     finally:
         engine.close()
 
     print(f"{len(items)} solutions ({args.rows} per split), budget {args.budget}, Maj@{args.maj}")
-    for name, (wall, busy, tokens, steps) in (("batched", ours), ("upstream's order", theirs)):
+    runs = (("batched", ours), ("upstream's order", theirs), ("adaptive, batched", cheap))
+    for name, (wall, busy, tokens, steps, _) in runs:
         print(
             f"  {name:17} {wall:7.1f} s   {steps:4d} steps   {tokens:6d} tokens"
             f"   {tokens / wall:6.1f} tokens/s   engine busy {busy / wall:5.1%}"
@@ -74,6 +83,13 @@ def main() -> None:
     print(
         f"batched: wall time over engine-busy time {overhead:+.1%} -- {verdict} the goal of"
         f" at most +{OVERHEAD_GOAL:.0%}"
+    )
+    code_per_step, adaptive_per_step = (run[2] / run[3] for run in (ours, cheap))
+    decided = ", ".join(f"{level} {cheap[4][level]}" for level in ADAPTIVE_LEVELS)
+    print(
+        f"verifier tokens per step: cot+code {code_per_step:.1f}, adaptive "
+        f"{adaptive_per_step:.1f} ({adaptive_per_step / code_per_step:.2f}x); adaptive's steps "
+        f"decided by: {decided}"
     )
 
 

@@ -2,10 +2,11 @@
 paragraph by paragraph, with python code that the sandbox runs, and then names the earliest
 wrong paragraph; its ``### Paragraph k`` sections become the solution's GenPRM assistant turns.
 
-For each solution: one code loop (:mod:`genprm.codeloop`, shared with the verifier) from the
-assistant prefix until ``</think>``; the text up to its last ``</verify>`` followed by upstream's
-final conclusion, which ends in ``\\boxed``; ``judge_samples`` completions of that in one request,
-each read as a paragraph index; the majority of those indices is the judge's first error.
+For each solution: one code loop (:mod:`genprm.codeloop`, shared with the verifier; its blocks
+run in one sandbox session) from the assistant prefix until ``</think>``; the text up to its last
+``</verify>`` followed by upstream's final conclusion, which ends in ``\\boxed``;
+``judge_samples`` completions of that in one request, each read as a paragraph index; the
+majority of those indices is the judge's first error.
 
 >>> judged_first_error([judge_vote(text) for text in ("{2", "{ 3", "{-1", "{3")], steps=3)
 2
@@ -113,14 +114,15 @@ class RationaleStage(Stage):
     async def process(self, record: dict[str, Any]) -> StageResult:
         problem, steps = _problem_and_steps(record)
         context = self.context(problem, steps)
-        outcome = await run_code_loop(
-            self.loop,
-            RATIONALE_PREFIX,
-            self._params(),
-            lambda text, params: self._first(context + text, params),
-            self._count,
-            self.sandbox,
-        )
+        async with self.sandbox.session() as session:
+            outcome = await run_code_loop(
+                self.loop,
+                RATIONALE_PREFIX,
+                self._params(),
+                lambda text, params: self._first(context + text, params),
+                self._count,
+                session,
+            )
         text = outcome.text + (outcome.final.text if outcome.final else "")
         tokens = outcome.tokens
         end = text.rfind(_VERIFY_CLOSE)

@@ -36,6 +36,7 @@ from genprm.cli import (
 )
 from genprm.cluster import add_executor_arguments
 from genprm.lifetime import command
+from genprm.verifier import CODE_MODES
 
 from .processbench import runner
 from .processbench.critic import MAX_TOKENS as CRITIC_MAX_TOKENS
@@ -303,7 +304,7 @@ def _score_pending(parser, args, pending) -> int:
         VerifierTools,
         args,
         engine_options(parser, args),
-        sandbox=args.verifier == "genprm" and args.mode == "cot+code",
+        sandbox=args.verifier == "genprm" and args.mode in CODE_MODES,
     )
     write = runner.appender(args.out / runner.PREDICTIONS)
     progress = runner.StepProgress(len(pending), "solution", "processbench")

@@ -1,7 +1,9 @@
 """The generate / execute / splice loop that the verifier (spec §3) and the rationale writer
 (spec §4) share: the model writes until a code fence closes, the sandbox runs the last python
 block of the text, its ``[Code Output]`` goes back into the text, and the model goes on, until
-it writes a finishing mark or the rounds or the token budget run out.
+it writes a finishing mark or the rounds or the token budget run out. The blocks run in one
+sandbox session (``Sandbox.session()``): one live namespace per path, as upstream's in-process
+executor kept, so a block sees what the earlier ones defined and nothing runs twice.
 
 The two callers differ only in the settings of :class:`CodeLoop`:
 
@@ -15,7 +17,7 @@ The two callers differ only in the settings of :class:`CodeLoop`:
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from .backends.types import Sample, SamplingParams
@@ -69,12 +71,11 @@ async def run_code_loop(
     params: SamplingParams,
     generate: Generate,
     count: Callable[[str], int],
-    sandbox,
-    prelude: Sequence[str] = (),
+    session,
 ) -> LoopOutcome:
     """Run ``loop`` from ``text``. ``generate(text, params)`` continues the text;
-    ``count(text)`` counts its tokens; each executed block runs in ``sandbox`` after
-    ``prelude`` and the blocks this loop already ran (one namespace per path, as upstream)."""
+    ``count(text)`` counts its tokens; each executed block runs in ``session`` (a
+    :class:`genprm.sandbox.Session`: the path's namespace, with whatever ran in it before)."""
     outcome = LoopOutcome(text, None)
     for _ in range(loop.max_rounds):
         remaining = loop.budget - count(outcome.text)
@@ -92,7 +93,7 @@ async def run_code_loop(
         blocks = CODE_BLOCK.findall(outcome.text)
         if blocks:
             code = blocks[-1].strip()
-            result = await sandbox.arun(code, prelude=[*prelude, *outcome.executed])
+            result = await session.arun(code)
             outcome.executed.append(code)
             feedback = result.feedback
         else:

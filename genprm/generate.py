@@ -256,12 +256,26 @@ def generate_all(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     started = time.monotonic()
     if args.output:
         write_atomically(sidecar(args.output), json.dumps(expected).encode())
-    out = args.output.open("a", encoding="utf-8") if args.output else sys.stdout
+    target = args.output or "stdout"
     try:
-        written, failure = generate_missing(engine, rows, pending, params, args.batch_size, out)
+        out = args.output.open("a", encoding="utf-8") if args.output else sys.stdout
+        try:
+            written, failure = generate_missing(engine, rows, pending, params, args.batch_size, out)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    except OSError as error:  # a full disk, a closed pipe: what was written before is kept
+        print(
+            f"genprm-generate: cannot write to {target}: {error.strerror or error}", file=sys.stderr
+        )
+        if args.output:
+            print(
+                f"genprm-generate: the results written before are kept in {args.output}; free "
+                "space and rerun the same command to complete it",
+                file=sys.stderr,
+            )
+        return 1
     finally:
-        if out is not sys.stdout:
-            out.close()
         counters = engine.counters
         engine.close()
     if failure:
@@ -275,7 +289,14 @@ def generate_all(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
             )
         return 1
     if args.output:
-        put_in_order(args.output, done + written)
+        try:
+            put_in_order(args.output, done + written)
+        except OSError as error:  # names the file
+            print(
+                f"genprm-generate: {error}; every result is in it, not yet in order: rerun",
+                file=sys.stderr,
+            )
+            return 1
     print(
         f"genprm-generate: {counters.requests} prompts, {counters.generated_tokens} tokens in "
         f"{time.monotonic() - started:.1f} s ({counters.generated_tokens_per_s:.1f} tokens/s)",

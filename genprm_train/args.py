@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from eval.bon.aggregate import AGGREGATIONS
-from genprm.verifier import BUDGET, MODES, PROMPT_STYLES
+from genprm.verifier import AMBIGUITY, BUDGET, DEFAULT_HISTORY, HISTORIES, MODES, PROMPT_STYLES
 
 
 def _check_keys(given, known: list[str], prefix: str = "") -> None:
@@ -59,9 +59,29 @@ class GenPRMRewardArgs(BaseModel):
         json_schema_extra={"description": "Environment variable holding the servers' API key."},
     )
     mode: Literal[MODES] = Field(
-        default="cot+code", json_schema_extra={"description": "Verifier mode (spec §3)."}
+        default="cot+code",
+        json_schema_extra={
+            "description": "Verifier mode (spec §3): cot+code, cot, direct, or adaptive "
+            "(direct, then cot, then cot+code while a step's reward is ambiguous)."
+        },
+    )
+    ambiguity: float = Field(
+        default=AMBIGUITY,
+        ge=0,
+        le=0.5,
+        json_schema_extra={
+            "description": "Adaptive mode: a step's reward closer than this to 0 or 1 decides it."
+        },
     )
     maj: int = Field(default=1, ge=1, json_schema_extra={"description": "Maj@N samples per step."})
+    history: Literal[HISTORIES] = Field(
+        default=DEFAULT_HISTORY,
+        json_schema_extra={
+            "description": "Maj@N paths: independent (each its own history, the paper's Maj@N) "
+            "or shared (all continue path 0's; one request of n=maj per step, cheaper with "
+            "prefix caching: upstream's later dev branch)."
+        },
+    )
     budget: int = Field(
         default=BUDGET, ge=1, json_schema_extra={"description": "Verifier tokens per step turn."}
     )
@@ -117,7 +137,9 @@ class GenPRMRewardArgs(BaseModel):
     sandbox_workers: int = Field(
         default=4,
         ge=1,
-        json_schema_extra={"description": "Sandbox workers (cot+code code, math-verify)."},
+        json_schema_extra={
+            "description": "Sandbox workers (cot+code and adaptive code, math-verify)."
+        },
     )
 
 

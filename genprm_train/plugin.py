@@ -8,8 +8,9 @@ LOG = logging.getLogger(__name__)
 
 
 class GenPRMPlugin(BasePlugin):
-    """Declares the ``genprm_*`` config keys, logs dataset facts to the run at train start,
-    connects the GRPO reward function ``genprm_train.reward.genprm_reward`` to its verifier
+    """Declares the ``genprm_*`` config keys, logs dataset facts to the run at train start and
+    the conversations of every optimizer step (``genprm/conversations_per_step``), connects the
+    GRPO reward function ``genprm_train.reward.genprm_reward`` to its verifier
     (``genprm_reward:``), and finishes the W&B run when training is done."""
 
     def get_input_args(self):
@@ -30,13 +31,20 @@ class GenPRMPlugin(BasePlugin):
             reward.configure(dict(cfg.genprm_reward))
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        if not cfg.genprm_dataset_stats:
-            return []
         if cfg.rl:  # RL rows are prompts, not tokenized GenPRM conversations
             return []
-        from .dataset_facts import DatasetFactsCallback
+        from .conversation_count import ConversationsPerStepCallback
 
-        return [DatasetFactsCallback(trainer.train_dataset, trainer.processing_class)]
+        callbacks = [
+            ConversationsPerStepCallback(
+                trainer.model, trainer.store_metrics, bool(cfg.sample_packing), cfg.sequence_len
+            )
+        ]
+        if cfg.genprm_dataset_stats:
+            from .dataset_facts import DatasetFactsCallback
+
+            callbacks.append(DatasetFactsCallback(trainer.train_dataset, trainer.processing_class))
+        return callbacks
 
     def post_train_unload(self, cfg):
         from .reward import close

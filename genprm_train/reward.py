@@ -34,7 +34,7 @@ from eval.bon.aggregate import AGGREGATIONS, aggregate
 from genprm.backends import Engine, EngineError, make_engine
 from genprm.grading import extract_boxed
 from genprm.steps import split_policy_steps
-from genprm.verifier import GenPRMVerifier
+from genprm.verifier import CODE_MODES, GenPRMVerifier
 
 from .args import GenPRMRewardArgs
 
@@ -74,18 +74,20 @@ class ProcessReward:
     @classmethod
     def from_settings(cls, settings: GenPRMRewardArgs) -> ProcessReward:
         """The reward the ``genprm_reward:`` YAML block describes: an ``openai`` engine on its
-        servers (reachable, or RewardServerError after its retries) and, for ``cot+code`` or an
-        outcome term, a sandbox."""
+        servers (reachable, or RewardServerError after its retries) and, for a mode that
+        executes code (``cot+code``, ``adaptive``) or an outcome term, a sandbox."""
         from genprm.sandbox import Sandbox
 
         engine = connect(settings)
         sandbox = None
         try:
-            if settings.mode == "cot+code" or settings.answer_column is not None:
+            executes = settings.mode in CODE_MODES
+            if executes or settings.answer_column is not None:
                 sandbox = Sandbox(workers=settings.sandbox_workers)
             verifier = GenPRMVerifier(
-                engine, sandbox if settings.mode == "cot+code" else None, maj=settings.maj,
-                mode=settings.mode, prompt_style=settings.prompt_style, budget=settings.budget,
+                engine, sandbox if executes else None, maj=settings.maj, mode=settings.mode,
+                ambiguity=settings.ambiguity, history=settings.history,
+                prompt_style=settings.prompt_style, budget=settings.budget,
             )  # fmt: skip
             reward = cls(
                 verifier, settings.aggregation, settings.problem_column, settings.answer_column,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import json
 import re
 from pathlib import Path
@@ -42,8 +43,13 @@ FULL_SFT = {
     "genprm-32b.yml": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
 }
 LORA = "genprm-7b-lora.yml"
+# genprm-7b.yml with sample packing: faster, but about 3x the paper's conversations per step
+PACKED = "genprm-7b-packed.yml"
+PACKED_RECIPE = "genprm-7b.yml"
+# Keys whose values differ from genprm-7b.yml: the packing, and where the run writes.
+PACKED_DIFFERENT_KEYS = {"sample_packing", "pad_to_sequence_len", "output_dir", "wandb_name"}
 CPU = "genprm-smollm2-cpu.yml"
-GPU_CONFIGS = sorted([*FULL_SFT, LORA])
+GPU_CONFIGS = sorted([*FULL_SFT, LORA, PACKED])
 SFT_CONFIGS = sorted([*GPU_CONFIGS, CPU])
 # GRPO of a policy against a served GenPRM verifier (genprm_train.reward)
 GRPO_CPU = "genprm-grpo-smollm2-cpu.yml"
@@ -215,10 +221,16 @@ def global_batch(cfg, gpus: int) -> int:
 
 def stated_gpu_count(name: str) -> int:
     """The GPU count the config's header comment says it assumes."""
-    head = [line for line in (CONFIG_DIR / name).read_text().splitlines() if line.startswith("#")]
-    counts = {int(n) for n in re.findall(r"Assumes (\d+) GPUs", "\n".join(head))}
+    counts = {int(n) for n in re.findall(r"Assumes (\d+) GPUs", header(name))}
     assert len(counts) == 1, f"{name}: the header must state one assumed GPU count"
     return counts.pop()
+
+
+def header(name: str) -> str:
+    """The config's leading comment block as one line of text."""
+    lines = (CONFIG_DIR / name).read_text(encoding="utf-8").splitlines()
+    comments = itertools.takewhile(lambda line: line.startswith("#"), lines)
+    return " ".join(line.lstrip("#").strip() for line in comments)
 
 
 @pytest.mark.parametrize("name", GPU_CONFIGS)
@@ -233,8 +245,10 @@ def test_gpu_config_matches_the_paper(name, validate):
 
     assert global_batch(cfg, PAPER_GPUS) == PAPER_GLOBAL_BATCH
     assert cfg.sequence_len == PAPER_SEQUENCE_LEN
-    assert cfg.sample_packing is True
-    assert cfg.pad_to_sequence_len is True
+    # Packing only in genprm-7b-packed.yml; elsewhere one conversation per row, padded to the
+    # batch's longest row: 64 conversations per step.
+    assert cfg.sample_packing is (name == PACKED)
+    assert cfg.pad_to_sequence_len is (name == PACKED)
     assert cfg.bf16 is True
     assert cfg.attn_implementation == "flash_attention_2"
     assert cfg.gradient_checkpointing is True
@@ -248,6 +262,32 @@ def test_gpu_config_matches_the_paper(name, validate):
     # Long jobs resume after a crash: full checkpoints, picked up again automatically.
     assert cfg.save_strategy == "steps" and not cfg.save_only_model
     assert cfg.auto_resume_from_checkpoints is True
+
+
+@pytest.mark.parametrize("name", [*GPU_CONFIGS, RAY])
+def test_gpu_recipe_header_states_its_batch_of_64(name, validate):
+    """The header's "= m x a x GPUs = 64 conversations" is the config's own micro batch,
+    accumulation and assumed GPU count, and the 64 are conversations only without packing."""
+    raw = load_yaml(name)
+    found = re.findall(r"= (\d+) x (\d+) x (\d+) = (\d+) (conversations|rows)", header(name))
+    assert len(found) == 1, f"{name}: the header must state its batch once"
+    micro, accumulation, gpus, batch = map(int, found[0][:4])
+    assert micro * accumulation * gpus == batch == PAPER_GLOBAL_BATCH
+    assert gpus == stated_gpu_count(name) == raw.get("ray_num_workers", gpus)
+    assert (micro, accumulation) == (raw["micro_batch_size"], raw["gradient_accumulation_steps"])
+
+    packed = name == PACKED
+    assert found[0][4] == ("rows" if packed else "conversations")
+    assert validate(raw, name).sample_packing is packed
+    if packed:  # what packing trades, said where the user picks the config
+        assert "3x" in header(name) and "genprm/conversations_per_step" in header(name)
+
+
+def test_packed_config_is_the_7b_recipe_with_packing():
+    packed, recipe = load_yaml(PACKED), load_yaml(PACKED_RECIPE)
+    assert set(packed) == set(recipe)
+    assert {key for key in recipe if packed[key] != recipe[key]} == PACKED_DIFFERENT_KEYS
+    assert packed["sample_packing"] is True and packed["pad_to_sequence_len"] is True
 
 
 @pytest.mark.parametrize("name", sorted(FULL_SFT))

@@ -19,7 +19,8 @@ from eval.bon import samples as bon_samples
 from eval.bon.aggregate import AGGREGATIONS
 from eval.cli import main
 from eval.processbench.runner import ResumeError
-from genprm.format import OUTPUT_END, OUTPUT_PREFIX, SYSTEM_POLICY
+from genprm.format import ANALYZE_END, ANALYZE_PREFIX, OUTPUT_END, OUTPUT_PREFIX, SYSTEM_POLICY
+from genprm.sandbox import Sandbox
 from genprm.testing import Scripted, ScriptedEngine
 from genprm.verifier import GenPRMVerifier
 from tests.eval_commands import MATH500, eval_command, run_eval
@@ -182,6 +183,31 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ResumeError, match=r"n 4 -> 8"):
         runner.start(tmp_path, {**SETTINGS, "n": 8})
     runner.start(tmp_path, {**SETTINGS, "subsets": 4})  # only changes the report
+
+
+def test_adaptive_score_lines_name_the_level_that_decided_each_step(tmp_path):
+    def adaptive(prompt: str, index: int):
+        t = prompt.count("<|im_start|>user")
+        if prompt.endswith(ANALYZE_PREFIX.format(t=t)):
+            return "Checked.\n" + ANALYZE_END
+        user = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S)[-1]
+        p = float(re.findall(r"\[([0-9.]+)\]", user)[-1])
+        if prompt.endswith(ANALYZE_END + OUTPUT_PREFIX):
+            p = 0.97  # with analysis, every step is right
+        text = "{" + ("Yes" if p >= 0.5 else "No") + "}$\n" + OUTPUT_END
+        tables = [{char: math.log(0.9)} for char in text]
+        tables[1] = {"Y": math.log(p), "N": math.log(1 - p)}
+        return Scripted(text, tables)
+
+    samples = [{"id": "a-0", "problem": "What is 2 + 3?", "steps": ["Add. [0.95]", "5. [0.5]"]}]
+    lines = []
+    with Sandbox(workers=1) as sandbox:
+        verifier = GenPRMVerifier(ScriptedEngine(adaptive), sandbox, mode="adaptive")
+        asyncio.run(runner.score_genprm(verifier, samples, lines.append))
+    [line] = [json.loads(line) for line in lines]
+    assert line["levels"] == ["direct", "cot"]  # the second step is ambiguous judged directly
+    assert line["step_rewards"] == pytest.approx([0.95, 0.97])
+    assert runner.merge(samples, {line["id"]: line})[0]["step_rewards"] == line["step_rewards"]
 
 
 def test_samples_from_a_file_are_scored_and_reported(tmp_path):

@@ -237,3 +237,32 @@ def test_an_empty_input_says_so(no_engine, tmp_path, capsys):
     empty.write_text("\n")
     assert generate.main(["--input", str(empty), "--output", str(tmp_path / "out.jsonl")]) == 0
     assert error_line(capsys) == f"genprm-generate: no prompts in {empty}; nothing to do"
+
+
+@pytest.mark.root
+def test_a_disk_full_mid_run_keeps_what_was_written_and_a_rerun_completes_it(
+    monkeypatch, prompts, tmp_path, capsys
+):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], check=True)
+    try:
+        output = folder / "out.jsonl"
+        long = ScriptedEngine({prompt: answer * 400 for prompt, answer in ANSWERS.items()})
+        monkeypatch.setattr(generate, "engine_from_args", lambda parser, args: long)
+        argv = ["--input", str(prompts), "--output", str(output), "--batch-size", "1"]
+        argv += ["--max-tokens", "5000"]
+        assert generate.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert f"cannot write to {output}: No space left on device" in err
+        assert f"the results written before are kept in {output}" in err
+        kept = [json.loads(line)["index"] for line in output.read_text().splitlines()[:-1]]
+        assert kept and len(kept) < len(ANSWERS)
+        subprocess.run(["mount", "-o", "remount,size=1m", str(folder)], check=True)
+        asked = len(long.prompts)
+        assert generate.main(argv) == 0
+        assert indices(output) == list(range(len(ANSWERS)))
+        assert long.prompts[asked:] == [f"q{i}" for i in range(len(ANSWERS)) if i not in kept]
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

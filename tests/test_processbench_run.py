@@ -1,6 +1,7 @@
 """``genprm-eval processbench``: a run with a scripted engine (exact predictions and metrics),
-resuming, scoring an existing predictions file, W&B offline, and the real command against a
-vLLM server on 127.0.0.1 with the embedded model, killed with SIGKILL and resumed."""
+resuming (a run stored with the old ``shared`` history default too), adaptive mode's levels,
+scoring an existing predictions file, W&B offline, and the real command against a vLLM server
+on 127.0.0.1 with the embedded model, killed with SIGKILL and resumed."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from eval.cli import main
 from eval.processbench import runner
 from eval.processbench.data import DEFAULT_DATA_DIR, load_splits
 from eval.processbench.metrics import score
-from genprm.format import ANALYZE_END, ANALYZE_PREFIX, OUTPUT_END
+from genprm.format import ANALYZE_END, ANALYZE_PREFIX, OUTPUT_END, OUTPUT_PREFIX
+from genprm.sandbox import Sandbox
 from genprm.testing import Scripted, ScriptedEngine
+from genprm.testing.local_server import free_port
 from genprm.verifier import GenPRMVerifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +102,67 @@ def test_a_rerun_with_other_settings_is_refused(rows, tmp_path):
     run_scripted(rows, tmp_path, {})
     with pytest.raises(runner.ResumeError, match=r"maj 1 -> 8"):
         runner.start(tmp_path, {**SETTINGS, "maj": 8})
+
+
+def test_adaptive_lines_name_the_level_that_decided_each_step(rows, tmp_path):
+    def script(prompt: str, index: int):
+        t = prompt.count("<|im_start|>user")
+        if prompt.endswith(ANALYZE_PREFIX.format(t=t)):
+            return "Checked.\n" + ANALYZE_END
+        if t != 2:
+            p = 0.95
+        elif prompt.endswith(ANALYZE_END + OUTPUT_PREFIX):
+            p = 0.02  # paragraph 2 with analysis: wrong
+        else:
+            p = 0.5  # paragraph 2 judged directly: ambiguous
+        text = "{" + ("Yes" if p >= 0.5 else "No") + "}$\n" + OUTPUT_END
+        tables = [{char: math.log(0.9)} for char in text]
+        tables[1] = {"Y": math.log(p), "N": math.log(1 - p)}
+        return Scripted(text, tables)
+
+    pending = [row for split in rows.values() for row in split]
+    with Sandbox(workers=1) as sandbox:
+        verifier = GenPRMVerifier(ScriptedEngine(script), sandbox, mode="adaptive")
+        write = runner.appender(tmp_path / runner.PREDICTIONS)
+        asyncio.run(runner.run_genprm(verifier, pending, write, lambda steps: None))
+    lines = read_lines(tmp_path / runner.PREDICTIONS)
+    assert len(lines) == len(pending)
+    for line in lines:
+        assert line["levels"] == ["direct", "cot"][: len(line["step_rewards"])]
+        assert line["step_rewards"] == pytest.approx([0.95, 0.02][: len(line["levels"])])
+    run_scripted(rows, tmp_path / "cot", {})
+    assert not any("levels" in line for line in read_lines(tmp_path / "cot" / runner.PREDICTIONS))
+
+
+def test_a_run_stored_with_shared_history_resumes_as_it_was(tmp_path, capsys):
+    """Runs started while ``shared`` was the default: the same command line (no --history)
+    resumes them as they were, another --history is refused, and a new run is independent."""
+    server = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: no engine ever starts
+    command = ["processbench", "--engine", "openai", "--base-url", server, "--retries", "0",
+               "--splits", "gsm8k", "--limit", "2", "--maj", "4", "--mode", "cot"]  # fmt: skip
+    old = tmp_path / "old"
+    assert main([*command, "--history", "shared", "--out", str(old)]) == 1  # settings stored
+    rows = load_splits(DEFAULT_DATA_DIR, ["gsm8k"], 2)["gsm8k"]
+    (old / runner.PREDICTIONS).write_bytes(b"".join(runner.prediction_line(r, -1) for r in rows))
+    assert main([*command, "--out", str(old)]) == 0  # every row done: resumed, reported
+    assert json.loads((old / runner.SETTINGS).read_text())["history"] == "shared"
+    capsys.readouterr()
+    assert main([*command, "--history", "independent", "--out", str(old)]) == 2
+    assert "history 'shared' -> 'independent'" in capsys.readouterr().err
+    new = tmp_path / "new"
+    assert main([*command, "--out", str(new)]) == 1
+    assert json.loads((new / runner.SETTINGS).read_text())["history"] == "independent"
+
+
+@pytest.mark.parametrize("command", ["bon", "refine", "search"])
+def test_every_scoring_command_keeps_a_stored_history(command, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    (old / runner.SETTINGS).write_text(json.dumps({"history": "shared"}))
+    for out in (old, new):  # --limit 0: the settings are written, then there is nothing to do
+        assert main([command, "--limit", "0", "--out", str(out)]) == 0
+    assert json.loads((old / runner.SETTINGS).read_text())["history"] == "shared"
+    assert json.loads((new / runner.SETTINGS).read_text())["history"] == "independent"
 
 
 def predictions_file(tmp_path: Path, lines: list[str]) -> Path:

@@ -18,6 +18,7 @@ from genprm.testing.local_server import free_port
 from genprm.testing.proxy import TCPProxy
 from genprm.verifier import GenPRMVerifier
 from genprm_train import reward as reward_module
+from genprm_train.args import GenPRMRewardArgs
 from genprm_train.reward import ProcessReward, RewardServerError, genprm_reward
 
 PROBLEM = "What is 2+3, doubled?"
@@ -209,6 +210,29 @@ def test_a_server_too_slow_fails_after_bounded_retries(smollm2_path):
     finally:
         _Stalling.release.set()
         reward_module.close()
+        server.shutdown()
+
+
+def test_the_reward_block_sets_the_verifiers_history_and_adaptive_mode(smollm2_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)  # lists a model
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    block = {"base_urls": [url], "tokenizer": str(smollm2_path), "maj": 4, "sandbox_workers": 1}
+    try:
+        assert GenPRMRewardArgs(**block).history == "independent"  # the paper's Maj@N
+        settings = GenPRMRewardArgs(**block, mode="adaptive", ambiguity=0.2, history="shared")
+        reward = ProcessReward.from_settings(settings)
+        try:
+            verifier = reward.verifier
+            assert (verifier.mode, verifier.ambiguity, verifier.history) == (
+                "adaptive", 0.2, "shared",
+            )  # fmt: skip
+            assert verifier.sandbox is not None  # its last level executes code
+        finally:
+            reward.close()
+        with pytest.raises(ValueError, match="ambiguity"):
+            GenPRMRewardArgs(**block, ambiguity=0.7)
+    finally:
         server.shutdown()
 
 

@@ -141,6 +141,34 @@ def sandbox():
         yield shared
 
 
+# Hostile snippets, by name (tests/test_sandbox_session.py runs them inside a session too).
+INFINITE_LOOP = "while True:\n    pass"
+LONG_SLEEP = "import time\ntime.sleep(600)"
+SIGTERM_IGNORED = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(100)"
+)
+MEMORY_BOMBS = {
+    "4GB-string": "s = 'a' * (4 << 30)",
+    "growing-list": "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))",
+}
+FORK_BOMB = "import os\nwhile True:\n    os.fork()"
+STUBBORN_FORK_BOMB = (
+    "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+)
+SETSID_ESCAPE = (
+    "import os, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    time.sleep(100)\n"
+    "    os._exit(0)\n"
+    "print('parent done')\n"
+)
+HUGE_OUTPUTS = {
+    "one-100MB-write": "import sys\nsys.stdout.write('x' * (100 << 20))",
+    "endless-prints": "while True:\n    print('x' * 1000)",
+}
+
+
 # ----------------------------------------------------------------------------- basics
 
 
@@ -153,6 +181,7 @@ def test_isolation_facts_on_root(sandbox):
         "memory_cgroup": True,
         "uid": sandbox._workers[0].facts["uid"],
         "bwrap": False,
+        "live_sessions": True,
         "missing": [],
     }
     uids = snippet_uids(sandbox)
@@ -181,7 +210,7 @@ def test_non_string_code_is_a_type_error(sandbox, code, prelude):
 
 def test_infinite_loop_times_out(sandbox):
     workers = sandbox.worker_pids()
-    result = check_result(sandbox.run("while True:\n    pass"))
+    result = check_result(sandbox.run(INFINITE_LOOP))
     assert result.status == "timeout"
     assert result.feedback == CODE_TIMEOUT
     assert TIMEOUT - 0.1 < result.duration_s < PROMPTLY_S
@@ -191,7 +220,7 @@ def test_infinite_loop_times_out(sandbox):
 def test_long_sleep_returns_at_the_timeout(sandbox):
     workers = sandbox.worker_pids()
     started = time.monotonic()
-    result = check_result(sandbox.run("import time\ntime.sleep(600)"))
+    result = check_result(sandbox.run(LONG_SLEEP))
     assert time.monotonic() - started < PROMPTLY_S
     assert result.status == "timeout"
     assert result.feedback == CODE_TIMEOUT
@@ -200,9 +229,8 @@ def test_long_sleep_returns_at_the_timeout(sandbox):
 
 def test_sigterm_ignoring_snippet_times_out_and_is_gone(sandbox):
     workers = sandbox.worker_pids()
-    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(100)"
     started = time.monotonic()
-    result = check_result(sandbox.run(code))
+    result = check_result(sandbox.run(SIGTERM_IGNORED))
     assert time.monotonic() - started < PROMPTLY_S
     assert result.status == "timeout"
     assert_aftermath(sandbox, workers)
@@ -224,14 +252,7 @@ def test_per_call_timeout_overrides_the_default(sandbox):
 # ----------------------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        "s = 'a' * (4 << 30)",
-        "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))",
-    ],
-    ids=["4GB-string", "growing-list"],
-)
+@pytest.mark.parametrize("code", list(MEMORY_BOMBS.values()), ids=list(MEMORY_BOMBS))
 def test_memory_bomb_is_a_memory_status(sandbox, code):
     workers = sandbox.worker_pids()
     # A generous per-call timeout: the status must come from the memory limit, not the clock.
@@ -246,7 +267,7 @@ def test_memory_bomb_is_a_memory_status(sandbox, code):
 
 def test_fork_bomb_is_contained(sandbox):
     workers = sandbox.worker_pids()
-    result = check_result(sandbox.run("import os\nwhile True:\n    os.fork()"))
+    result = check_result(sandbox.run(FORK_BOMB))
     assert_aftermath(sandbox, workers)  # contained first ...
     assert not live_pids_of(snippet_uids(sandbox))
     # ... then the status: the snippet hit RLIMIT_NPROC (BlockingIOError) or the deadline.
@@ -255,8 +276,7 @@ def test_fork_bomb_is_contained(sandbox):
 
 def test_fork_bomb_that_survives_fork_errors_is_contained(sandbox):
     workers = sandbox.worker_pids()
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    result = check_result(sandbox.run(code))
+    result = check_result(sandbox.run(STUBBORN_FORK_BOMB))
     assert result.status == "timeout", result
     assert_aftermath(sandbox, workers)
     assert not live_pids_of(snippet_uids(sandbox))
@@ -273,15 +293,7 @@ def test_error_after_fork_is_reported_as_an_error(sandbox):
 
 def test_setsid_escape_is_gone_when_the_result_returns(sandbox):
     workers = sandbox.worker_pids()
-    code = (
-        "import os, time\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()\n"
-        "    time.sleep(100)\n"
-        "    os._exit(0)\n"
-        "print('parent done')\n"
-    )
-    result = check_result(sandbox.run(code))
+    result = check_result(sandbox.run(SETSID_ESCAPE))
     left = leftovers(workers, snippet_uids(sandbox))  # right away: no grace for the escapee
     assert (result.status, result.stdout) == ("ok", "parent done\n"), result
     # The escaped child, holding the pipes for 100 s, did not hold up the result.
@@ -450,11 +462,7 @@ def test_os_exit_0_is_ok(sandbox):
     assert (result.status, result.stdout) == ("ok", "before\n")
 
 
-@pytest.mark.parametrize(
-    "code",
-    ["import sys\nsys.stdout.write('x' * (100 << 20))", "while True:\n    print('x' * 1000)"],
-    ids=["one-100MB-write", "endless-prints"],
-)
+@pytest.mark.parametrize("code", list(HUGE_OUTPUTS.values()), ids=list(HUGE_OUTPUTS))
 def test_huge_output_hits_the_output_limit_quickly(sandbox, code):
     workers = sandbox.worker_pids()
     result = check_result(sandbox.run(code, timeout=60))

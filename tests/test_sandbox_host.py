@@ -253,7 +253,9 @@ os.dup2(worker_end, 0)  # a worker's stdin is its host: kept open, the host is s
 # snippet's /proc hides every other user's processes.
 worker._become_namespace_init = lambda: False
 lease = uids.UidRange().reserve()
-config = {"memory_mb": 1024, "output_limit": 1 << 20, "bwrap": False, "uid": lease.uid}
+config = {
+    "memory_mb": 1024, "output_limit": 1 << 20, "bwrap": False, "uid": lease.uid, "sessions": 0
+}
 warm = worker.WarmWorker(config)
 escape = (
     "import os, time\\n"

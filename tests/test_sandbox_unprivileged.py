@@ -38,7 +38,8 @@ import json, logging, os, sys, time
 logging.basicConfig()
 os.environ["WANDB_API_KEY"] = SECRET = sys.argv[2]
 from genprm.sandbox import Sandbox
-from genprm.testing.processes import alive, snippet_processes
+from genprm.sandbox.snippet import SESSION_NAME
+from genprm.testing.processes import alive, process_name, snippet_processes
 
 PORT = int(sys.argv[1])
 
@@ -99,6 +100,21 @@ with Sandbox(workers=1, timeout=2.0) as sandbox:
             "workers": sandbox.worker_pids(),
             "workers_alive": [alive(pid) for pid in sandbox.worker_pids()],
         }
+    # The same hostile blocks in one session, between names it keeps.
+    out["session"] = {}
+    with sandbox.session() as session:
+        for name in ("define", "sleep", "fork_bomb", "setsid", "use"):
+            code = {"define": "x = 41", "use": "print(x + 1)"}.get(name, CASES.get(name))
+            result = session.run(code)
+            out["session"][name] = {
+                "status": result.status,
+                "stdout": result.stdout,
+                "left": [
+                    pid for pid in snippet_processes(sandbox.worker_pids())
+                    if process_name(pid) != SESSION_NAME
+                ],
+            }
+    out["session_left_after_close"] = after_grace(sandbox.worker_pids())
     out["workers_after"] = sandbox.worker_pids()
 out["workers_alive_after_close"] = [alive(pid) for pid in workers]
 print(json.dumps(out))
@@ -310,3 +326,15 @@ def test_nothing_of_nobody_remains(checked):
     report, _, left, _ = checked
     assert left == {}, f"processes of uid {NOBODY} outlived the checker: {left}"
     assert not any(report["workers_alive_after_close"])
+
+
+def test_a_session_keeps_its_names_through_hostile_blocks_and_leaves_nothing(checked):
+    report = checked[0]
+    session = report["session"]
+    assert session["sleep"]["status"] == "timeout"
+    assert session["fork_bomb"]["status"] in ("error", "timeout"), session["fork_bomb"]
+    assert (session["setsid"]["status"], session["setsid"]["stdout"]) == ("ok", "parent done\n")
+    assert (session["use"]["status"], session["use"]["stdout"]) == ("ok", "42\n")
+    assert all(block["left"] == [] for block in session.values()), session
+    assert report["session_left_after_close"] == []
+    assert report["workers_after"] == report["workers_before"]

@@ -1,5 +1,5 @@
 """End to end, as a user runs it: ``axolotl preprocess`` + ``axolotl train`` on the CPU config
-with the embedded SmolLM2 checkpoint, full fine-tuning and LoRA, W&B offline."""
+with the embedded SmolLM2 checkpoint, full fine-tuning, LoRA and sample packing, W&B offline."""
 
 import json
 import math
@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from genprm.format import CodeBlock, render_rationale
+from genprm_train.conversation_count import METRIC as CONVERSATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,8 +63,8 @@ def write_config(tmp: Path, model: Path, data: Path, **overrides) -> Path:
         max_steps=STEPS,
         save_steps=STEPS,
         warmup_steps=1,
-        **overrides,
     )
+    cfg.update(overrides)
     path = tmp / "config.yml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -85,9 +86,10 @@ def axolotl(command: str, config: Path, cwd: Path) -> subprocess.CompletedProces
     return result
 
 
-def logged_losses(output_dir: Path) -> list[float]:
-    state = json.loads((output_dir / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+def logged(output_dir: Path, key: str, steps: int = STEPS) -> list[float]:
+    """``key`` at each logged step, from the last checkpoint's ``trainer_state.json``."""
+    state = json.loads((output_dir / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    return [entry[key] for entry in state["log_history"] if key in entry]
 
 
 def wandb_run(cwd: Path) -> Path:
@@ -109,9 +111,9 @@ def test_full_finetune_preprocess_then_train(tmp_path, smollm2_path, dataset, re
     config = write_config(tmp_path, smollm2_path, dataset, learning_rate=1.0e-4)
     axolotl("preprocess", config, tmp_path)
     assert any((tmp_path / "prepared").iterdir())
-    axolotl("train", config, tmp_path)
+    run = axolotl("train", config, tmp_path)
 
-    losses = logged_losses(tmp_path / "out")
+    losses = logged(tmp_path / "out", "loss")
     assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < 0.5 * losses[0], f"loss did not drop clearly: {losses}"
 
@@ -120,8 +122,19 @@ def test_full_finetune_preprocess_then_train(tmp_path, smollm2_path, dataset, re
     batch = tokenizer("<output>\n**Judgement**: $\\boxed{Yes}$", return_tensors="pt")
     assert math.isfinite(model(**batch, labels=batch["input_ids"]).loss.item())
 
+    # Unpacked, every row is one conversation: micro batch x accumulation (x 1 process).
+    cfg = yaml.safe_load(config.read_text())
+    micro, accumulation = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
+    conversations = logged(tmp_path / "out", CONVERSATIONS)
+    assert conversations == [micro * accumulation] * STEPS
+    assert (
+        f"genprm: {micro * accumulation} conversations per optimizer step (micro batch {micro} "
+        f"x accumulation {accumulation} x 1 process)"
+    ) in run.stdout + run.stderr
+
     history, summary = read_wandb_run(wandb_run(tmp_path))
     assert history["train/loss"] == pytest.approx(losses)
+    assert history[f"train/{CONVERSATIONS}"] == conversations
     assert summary["genprm/samples"] == 8
     assert 0 < summary["genprm/no_share"] < 1 and summary["genprm/masked_token_share"] > 0.5
 
@@ -146,10 +159,57 @@ def test_lora_train(tmp_path, smollm2_path, dataset, read_wandb_run):
     )
     axolotl("train", config, tmp_path)
 
-    losses = logged_losses(tmp_path / "out")
+    losses = logged(tmp_path / "out", "loss")
     assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < 0.7 * losses[0], f"loss did not drop clearly: {losses}"
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     AutoPeftModelForCausalLM.from_pretrained(tmp_path / "out")
+    # Counted on the PEFT wrapper's forward: micro batch x accumulation conversations a step.
+    cfg = yaml.safe_load(config.read_text())
+    per_step = cfg["micro_batch_size"] * cfg["gradient_accumulation_steps"]
+    assert logged(tmp_path / "out", CONVERSATIONS) == [per_step] * STEPS
     history, _ = read_wandb_run(wandb_run(tmp_path))
     assert history["train/loss"] == pytest.approx(losses)
+
+
+def test_packed_train_counts_the_conversations_in_each_row(
+    tmp_path, smollm2_path, smollm2_tokenizer, processbench_gsm8k, read_wandb_run
+):
+    """With sample packing a row holds several conversations and the logged count is theirs.
+    Every record is the same conversation (copies of one short solution under new ids), so
+    first-fit packing puts exactly sequence_len // its length into each row, and with enough
+    records for whole steps every step holds that times micro batch x accumulation. The rows
+    are padded past their last conversation: padding must not count as one."""
+    from genprm_train.prompt_strategy import GenPRMPromptStrategy
+
+    record = short_records(processbench_gsm8k)[0]
+    strategy = GenPRMPromptStrategy(smollm2_tokenizer, smollm2_tokenizer.chat_template)
+    length = len(strategy.tokenize_row(record)["input_ids"])
+    sequence_len = 3 * length + length // 2  # room for 3, and padding after them
+    micro, accumulation, steps = 2, 2, 4
+    per_step = sequence_len // length * micro * accumulation
+    data = tmp_path / "packed.jsonl"
+    copies = [{**record, "id": f"{record['id']}-{n}"} for n in range(per_step * steps)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in copies))
+    config = write_config(
+        tmp_path,
+        smollm2_path,
+        data,
+        sample_packing=True,
+        pad_to_sequence_len=True,
+        sequence_len=sequence_len,
+        micro_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        save_steps=steps,
+    )
+    run = axolotl("train", config, tmp_path)
+
+    conversations = logged(tmp_path / "out", CONVERSATIONS, steps)
+    assert conversations == [per_step] * steps
+    assert f"genprm: {per_step} conversations in the first optimizer step (sample packing: " in (
+        run.stdout + run.stderr
+    )
+    assert all(math.isfinite(loss) for loss in logged(tmp_path / "out", "loss", steps))
+    history, _ = read_wandb_run(wandb_run(tmp_path))
+    assert history[f"train/{CONVERSATIONS}"] == conversations

@@ -247,7 +247,7 @@ def test_no_judgement_is_half_and_no_logprobs_is_hard(sandbox):
 def test_maj_n_shares_path_zeros_history(sandbox):
     p_yes = {(1, 0): 0.9, (1, 1): 0.3, (1, 2): 0.6, (1, 3): 0.8}
     engine = ScriptedEngine(Protocol(p_yes=p_yes))
-    result = GenPRMVerifier(engine, sandbox, maj=4).score(PROBLEM, STEPS[:2])
+    result = GenPRMVerifier(engine, sandbox, maj=4, history="shared").score(PROBLEM, STEPS[:2])
     assert result.rewards[0] == pytest.approx((0.9 + 0.3 + 0.6 + 0.8) / 4)
     analyses = [p for p in engine.prompts if p.endswith(ANALYZE_PREFIX.format(t=2))]
     assert len(analyses) == 1  # one request, n=4, for all four samples of step 2

@@ -4,7 +4,8 @@ and every aggregation from those scores, and the report.
 
 Files in the output folder: ``settings.json``; ``samples.jsonl`` (appended per problem while
 generating; rewritten at the end with ``step_rewards`` merged); ``scores.jsonl`` (one
-``{"id", "step_rewards"}`` line per scored sample, appended as samples finish); the report
+``{"id", "step_rewards"}`` line per scored sample, appended as samples finish, with the
+``levels`` that decided its steps in adaptive mode); the report
 (``metrics.json``, ``report.md``, ``bon_curve.png``). A rerun of the same command resumes:
 complete problems are not generated again and scored ids are skipped; a run with other
 settings is refused.
@@ -66,8 +67,15 @@ def to_score(samples: Sequence[dict], done: dict[str, dict]) -> list[dict]:
     return [sample for sample in samples if sample["steps"] and sample["id"] not in done]
 
 
-def score_line(sample_id: str, rewards: list[float], error: str | None = None) -> bytes:
+def score_line(
+    sample_id: str,
+    rewards: list[float],
+    error: str | None = None,
+    levels: list[str] | None = None,
+) -> bytes:
     record = {"id": sample_id, "step_rewards": rewards}
+    if levels is not None:
+        record["levels"] = levels
     if error is not None:
         record["error"] = error
     return (json.dumps(record) + "\n").encode()
@@ -80,7 +88,7 @@ async def score_genprm(
     the verifier's concurrency)."""
 
     def finished(index: int, result) -> None:
-        write(score_line(samples[index]["id"], result.rewards, result.error))
+        write(score_line(samples[index]["id"], result.rewards, result.error, result.levels))
         if progress is not None:
             progress(len(result.rewards))
 

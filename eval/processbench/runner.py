@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from eval.verifier_args import resume_flags
 from genprm.paths import OutputBusy, claim_output, cut_torn_line, write_all, write_atomically
 
 from .critic import critic_verdict
@@ -33,7 +34,9 @@ def as_only_writer(args, run: Callable[[], int]) -> int:
     """``run()`` (an exit status) as the only writer of the output folder ``args.out``, which
     is checked and locked first (:func:`genprm.paths.claim_output`): before any engine starts,
     a folder that cannot be written or that another run holds is exit status 2. Then the
-    embedded model's preset, where one applies (``args.preset``), is named."""
+    embedded model's preset, where one applies (``args.preset``), is named, and the verifier
+    flags that a resumed run settles take the folder's stored values
+    (:func:`eval.verifier_args.resume_flags`)."""
     try:
         claim = claim_output(args.out, folder=True)
     except (OSError, ValueError, OutputBusy) as error:
@@ -42,6 +45,7 @@ def as_only_writer(args, run: Callable[[], int]) -> int:
     with claim:
         if getattr(args, "preset", None):
             print(f"genprm-eval: {args.preset}", file=sys.stderr)
+        resume_flags(args, stored_settings(args.out))
         return run()
 
 
@@ -66,6 +70,16 @@ def finished_ids(
     check_settings(out, settings)
     cut_torn_line(path)
     return set(read_ids(path))
+
+
+def stored_settings(out: Path) -> dict:
+    """The settings ``out/settings.json`` records; ``{}`` when there is none to read (a new
+    run; :func:`check_settings` refuses an unreadable one where work is stored)."""
+    try:
+        recorded = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def check_settings(out: Path, settings: dict, free: Iterable[str] = ()) -> None:
@@ -102,10 +116,14 @@ def prediction_line(row: Row, prediction: int | None, **extra) -> bytes:
 
 
 async def run_genprm(verifier, rows: list[Row], write: Callable[[bytes], None], progress) -> None:
-    """Score ``rows`` with a :class:`genprm.verifier.GenPRMVerifier`, all in flight at once."""
+    """Score ``rows`` with a :class:`genprm.verifier.GenPRMVerifier`, all in flight at once.
+    A line holds the step rewards, the turns and, in adaptive mode, the level that decided
+    each step (``levels``)."""
 
     def finished(index: int, result) -> None:
         extra = {"step_rewards": result.rewards, "turns": result.turns}
+        if result.levels is not None:
+            extra["levels"] = result.levels
         if result.error is not None:
             extra["error"] = result.error
         write(prediction_line(rows[index], result.prediction, **extra))

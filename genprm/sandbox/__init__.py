@@ -6,7 +6,9 @@
 '(x - 1)*(x + 1)\\n'
 """
 
-from .pool import Sandbox, SandboxError
+from .errors import SandboxError
+from .pool import Sandbox
 from .result import STATUSES, ExecResult
+from .session import Session
 
-__all__ = ["STATUSES", "ExecResult", "Sandbox", "SandboxError"]
+__all__ = ["STATUSES", "ExecResult", "Sandbox", "SandboxError", "Session"]

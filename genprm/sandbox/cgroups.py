@@ -7,6 +7,8 @@ Each worker gets two cgroups below the host's own memory cgroup (``genprm-sandbo
 ``/1``, named after the worker's reserved uid, so one left by a killed host is found and removed
 when the uid is reserved again, or by the next sandbox to start while the uid is not leased):
 the snippet running holds one while the next snippet's process waits, already inside the other.
+Each live session of the worker (``Sandbox.session()``) holds one more of its own, ``s0``,
+``s1``, ... for as long as it lives.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from .uids import UidLease
 
 SLOTS = ("0", "1")
+SESSION_PREFIX = "s"
 PREFIX = "genprm-sandbox-"
 # Removing a killed host's cgroups: whatever was inside has had time to die.
 STALE_TIMEOUT_S = 2.0
@@ -56,10 +59,12 @@ def own_memory_cgroup(
 
 
 class WorkerCgroups:
-    """The two snippet cgroups of one worker, each limited to ``limit_bytes``."""
+    """The two snippet cgroups of one worker and its ``sessions`` session cgroups, each limited
+    to ``limit_bytes``."""
 
-    def __init__(self, uid: int, limit_bytes: int, parent: str | None = None):
+    def __init__(self, uid: int, limit_bytes: int, parent: str | None = None, sessions: int = 0):
         self.folder = os.path.join(parent or own_memory_cgroup(), f"{PREFIX}{uid}")
+        self.slots = (*SLOTS, *(f"{SESSION_PREFIX}{index}" for index in range(sessions)))
         self.remove()  # left by a host that was killed while it held this uid
         try:
             os.mkdir(self.folder)
@@ -75,7 +80,8 @@ class WorkerCgroups:
 
     @property
     def paths(self) -> list[str]:
-        return [os.path.join(self.folder, slot) for slot in SLOTS]
+        """The snippet slots, then the session slots."""
+        return [os.path.join(self.folder, slot) for slot in self.slots]
 
     def remove(self, timeout: float = 10.0) -> None:
         """Kill what is still inside (processes of a dead worker finish dying) and remove."""
@@ -85,7 +91,11 @@ class WorkerCgroups:
 def remove_cgroups(folder: str, timeout: float = 10.0) -> None:
     """Remove a worker's cgroup ``folder`` and its slots, killing what is still inside."""
     deadline = time.monotonic() + timeout
-    for path in [*(os.path.join(folder, slot) for slot in SLOTS), folder]:
+    try:
+        slots = [entry.path for entry in os.scandir(folder) if entry.is_dir()]
+    except FileNotFoundError:
+        return
+    for path in [*slots, folder]:
         while os.path.isdir(path):
             for pid in members(path):
                 with contextlib.suppress(ProcessLookupError):

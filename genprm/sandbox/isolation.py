@@ -180,3 +180,49 @@ def descendants(root: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+def proc_pid(pidfd: int) -> int:
+    """The pid of the process behind ``pidfd`` as /proc names it (our /proc may belong to a PID
+    namespace outside our own, where the process has another pid)."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as handle:
+        for line in handle:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise OSError(f"no Pid in /proc/self/fdinfo/{pidfd}: this kernel's pidfds are too old")
+
+
+def live_tree(pid: int) -> list[int]:
+    """The live processes below ``pid`` (pids as /proc names them, zombies left out), from the
+    children lists of its threads: for the init of a PID namespace, every other process in it."""
+    found, stack = [], [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:  # gone meanwhile
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as handle:
+                    children = [int(child) for child in handle.read().split()]
+            except OSError:
+                continue
+            found += [c for c in children if (proc_stat(c) or ("X",))[0] not in ("Z", "X")]
+            stack += children
+    return found
+
+
+def kill_proc(pid: int) -> None:
+    """SIGKILL the process /proc names ``pid`` (through a descriptor of its /proc folder, so that
+    a pid freed and reused meanwhile is not hit)."""
+    try:
+        fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # gone
+        return
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,16 +1,18 @@
-"""The host side of the sandbox: a pool of warm workers behind a blocking and an async API."""
+"""The host side of the sandbox: a pool of warm workers behind a blocking and an async API, and
+the live sessions (:mod:`genprm.sandbox.session`) the workers hold."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
 import os
-import queue
 import select
 import shutil
 import signal
@@ -25,7 +27,9 @@ from typing import Self
 from . import bwrap as _bwrap
 from . import scratch
 from .cgroups import CgroupError, WorkerCgroups, remove_stale
+from .errors import SandboxError
 from .result import ExecResult
+from .session import Session
 from .uids import UidLease, UidRange
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +40,9 @@ BWRAP_CGROUP = "/run/genprm-cgroup"
 # worker itself (it is then killed and replaced).
 HOST_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 120.0
+# Live sessions a worker holds at most (each a paused process with a memory cgroup of its own);
+# past that its least recently used one is ended, to be rebuilt when its path goes on.
+SESSIONS_PER_WORKER = 64
 # A reply holds stdout and stderr (each at most output_limit bytes; JSON escapes take up to 6
 # characters a byte) and short fields: a worker that sends more is broken and gets replaced.
 MAX_REPLY_FACTOR = 12
@@ -57,17 +64,19 @@ _WORKER_ENV = {
 SNIPPET_UIDS = UidRange()
 
 
-class SandboxError(RuntimeError):
-    """The sandbox could not start or was used after close()."""
-
-
 class _WorkerHandle:
     """The host's handle on one warm worker process (``worker.WarmWorker``), the pipe protocol
-    to it and, as root, the lease on the worker's snippet uid (held until the worker is gone)."""
+    to it and, as root, the lease on the worker's snippet uid (held until the worker is gone).
+    The sandbox keeps, under its lock, the names of the sessions the worker holds (least
+    recently used first), those to end with the next request, and the callers waiting for this
+    worker alone."""
 
     def __init__(self, config: dict, bwrap: str | None):
         self.uid_lease = _reserve_uid() if os.geteuid() == 0 else None
         self.cgroups: WorkerCgroups | None = None
+        self.sessions: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.closing: list[str] = []
+        self.waiters: collections.deque[_Waiter] = collections.deque()
         # The thread whose request saw the worker die kills it while close() may be closing
         # it: the cgroups are removed and the uid given back once.
         self._releasing = threading.Lock()
@@ -96,7 +105,9 @@ class _WorkerHandle:
         if self.uid_lease is not None:
             config["uid"] = self.uid_lease.uid
             try:
-                self.cgroups = WorkerCgroups(self.uid_lease.uid, config["memory_mb"] << 20)
+                self.cgroups = WorkerCgroups(
+                    self.uid_lease.uid, config["memory_mb"] << 20, sessions=config["sessions"]
+                )
             except CgroupError as error:
                 LOG.debug("no memory cgroup: %s", error)  # the worker reports it as missing
             else:
@@ -110,15 +121,15 @@ class _WorkerHandle:
             config["scratch"] = _world_writable()
         return config, (_bwrap.command(bwrap, binds) if bwrap else [])
 
-    def execute(self, code: str, prelude: list[str], timeout: float) -> dict | None:
-        """The worker's reply, or None when the worker died or hung (it is killed then)."""
-        request = json.dumps({"code": code, "prelude": prelude, "timeout": timeout})
+    def execute(self, request: dict, budget: float) -> dict | None:
+        """The worker's reply, or None when the worker died or took more than ``budget``
+        seconds (what its snippets may take) and the grace (it is killed then)."""
         try:
-            self.process.stdin.write(request.encode() + b"\n")
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
-        reply = self._read(time.monotonic() + timeout + HOST_GRACE_S)
+        reply = self._read(time.monotonic() + budget + HOST_GRACE_S)
         if reply is None:
             self.kill()
         return reply
@@ -210,6 +221,26 @@ def _start_worker(config: dict, wrapper: list[str]) -> subprocess.Popen:
     )
 
 
+class _Waiter:
+    """A caller waiting for a worker (the ``order`` of its arrival decides who is next)."""
+
+    def __init__(self, order: int):
+        self.order = order
+        self.worker: _WorkerHandle | None = None
+        self.error: BaseException | None = None
+        self._handed = threading.Event()
+
+    def hand(self, worker: _WorkerHandle | None, error: BaseException | None = None) -> None:
+        self.worker, self.error = worker, error
+        self._handed.set()
+
+    def wait(self) -> _WorkerHandle | None:
+        self._handed.wait()
+        if self.error is not None:
+            raise self.error
+        return self.worker
+
+
 class Sandbox:
     """Runs model-written Python in isolated, time- and memory-limited child processes.
 
@@ -217,11 +248,13 @@ class Sandbox:
     ...     sandbox.run("print(x + 1)", prelude=["x = 41"]).feedback
     '42'
 
-    Thread-safe; ``arun`` serves asyncio code. Closing (also on exit, on an exception in the
-    ``with`` block, or when the host dies: workers exit on EOF of their stdin) leaves no
-    processes behind. As root each worker's snippets run under a uid reserved for that worker
-    alone (:mod:`genprm.sandbox.uids`). ``bwrap=True`` also runs each worker inside bubblewrap,
-    which shows it only a read-only system and Python (:mod:`genprm.sandbox.bwrap`).
+    Thread-safe; ``arun`` serves asyncio code. :meth:`session` keeps one interpreter namespace
+    alive between the blocks of a path. Closing (also on exit, on an exception in the ``with``
+    block, or when the host dies: workers exit on EOF of their stdin) leaves no processes
+    behind. As root each worker's snippets run under a uid reserved for that worker alone
+    (:mod:`genprm.sandbox.uids`). ``bwrap=True`` also runs each worker inside bubblewrap, which
+    shows it only a read-only system and Python (:mod:`genprm.sandbox.bwrap`). ``sessions``:
+    the live sessions each worker holds at most.
     """
 
     def __init__(
@@ -231,9 +264,10 @@ class Sandbox:
         memory_mb: int = 1024,
         output_limit: int = OUTPUT_LIMIT,
         bwrap: bool = False,
+        sessions: int = SESSIONS_PER_WORKER,
     ):
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        if workers < 1 or sessions < 1:
+            raise ValueError("workers and sessions must be at least 1")
         self._bwrap: str | None = None
         if bwrap:
             self._bwrap = shutil.which("bwrap")
@@ -244,8 +278,17 @@ class Sandbox:
                 )
         self.timeout = _checked_timeout(timeout)
         self.output_limit = output_limit
-        self._config = {"memory_mb": memory_mb, "output_limit": output_limit, "bwrap": bwrap}
-        self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
+        self.sessions_per_worker = sessions
+        self._config = {
+            "memory_mb": memory_mb, "output_limit": output_limit, "bwrap": bwrap,
+            "sessions": sessions,
+        }  # fmt: skip
+        self._idle: list[_WorkerHandle] = []
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # for any worker
+        self._arrivals = itertools.count()
+        # Names of sessions dropped without close(), from their finalizers: ended by the next
+        # caller that gives a worker back (a finalizer may run while this thread holds the lock).
+        self._abandoned: collections.deque[str] = collections.deque()
         self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -262,8 +305,10 @@ class Sandbox:
                     start.result().kill()
             raise failed[0]
         self._workers = [start.result() for start in starts]
-        for worker in self._workers:
-            self._idle.put(worker)
+        self._idle = list(self._workers)
+        # A session call waits in a thread for its own worker: enough threads that none waits
+        # behind calls for other workers.
+        self._threads = ThreadPoolExecutor(workers * (sessions + 1), "genprm-sandbox")
         missing = self._workers[0].facts["missing"]
         if missing:
             LOG.warning("sandbox isolation is weaker on this host: %s", "; ".join(missing))
@@ -277,7 +322,7 @@ class Sandbox:
         facts = self._workers[0].facts
         keys = (
             "private_network", "pid_namespaces", "private_scratch", "memory_cgroup", "uid",
-            "bwrap", "missing",
+            "bwrap", "live_sessions", "missing",
         )  # fmt: skip
         return {key: facts[key] for key in keys}
 
@@ -292,19 +337,15 @@ class Sandbox:
         self, code: str, prelude: list[str] | tuple[str, ...] = (), timeout: float | None = None
     ) -> ExecResult:
         """Run ``code`` after silently replaying ``prelude`` (earlier blocks of the same path)."""
-        if not isinstance(code, str) or not all(isinstance(block, str) for block in prelude):
-            raise TypeError("code and prelude blocks must be strings")
+        _check_blocks(code, prelude)
         timeout = self.timeout if timeout is None else _checked_timeout(timeout)
         worker = self._acquire()
         try:
-            reply = worker.execute(code, list(prelude), timeout) if worker.alive() else None
-            if reply is None:
-                if not self._closed:
-                    worker = self._replace(worker)
-                reply = _worker_died(timeout)
-            return ExecResult.from_worker(reply, self.output_limit)
+            request = {"code": code, "prelude": list(prelude), "timeout": timeout}
+            worker, reply = self._exchange(worker, request, timeout)
+            return ExecResult.from_worker(reply or _worker_died(timeout), self.output_limit)
         finally:
-            self._idle.put(worker)
+            self._release(worker)
 
     def run_many(self, jobs, timeout: float | None = None) -> list[ExecResult]:
         """Run ``(code, prelude)`` pairs (or bare code strings) concurrently; results in order."""
@@ -315,20 +356,151 @@ class Sandbox:
     async def arun(self, code: str, prelude=(), timeout: float | None = None) -> ExecResult:
         return await asyncio.to_thread(self.run, code, prelude, timeout)
 
-    def _acquire(self) -> _WorkerHandle:
+    def session(self, prelude: list[str] | tuple[str, ...] = ()) -> Session:
+        """A live interpreter namespace for the blocks of one path (:class:`Session`), that
+        starts from ``prelude``: blocks that succeeded on the path before, replayed silently
+        before its first block."""
+        _check_blocks("", prelude)
         if self._closed:
             raise SandboxError("the sandbox is closed")
-        worker = self._idle.get()
-        if self._closed:
-            self._idle.put(worker)
-            raise SandboxError("the sandbox is closed")
-        return worker
+        return Session(self, tuple(prelude))
+
+    def _run_in_session(
+        self, session: Session, code: str, timeout: float | None
+    ) -> tuple[ExecResult, bool]:
+        """One block of ``session`` (see :meth:`Session.run`) and whether the session lives
+        on: on the worker that holds it, or, where none does, on any, which starts it again
+        from the blocks that succeeded. Where the workers cannot keep sessions alive, each
+        block is a fresh snippet after them."""
+        _check_blocks(code, ())
+        timeout = self.timeout if timeout is None else _checked_timeout(timeout)
+        if not self._workers[0].facts["live_sessions"]:
+            return self.run(code, session.succeeded, timeout), True
+        worker = self._acquire(session.worker) if session.worker is not None else None
+        worker = worker or self._acquire()
+        try:
+            reply = {"missing": True}
+            while reply.get("missing"):  # it died while it waited: started again
+                request = self._session_request(worker, session, code, timeout)
+                budget = timeout * (1 + len(request.get("replay", ())))
+                worker, reply = self._exchange(worker, request, budget)
+                reply = reply or _worker_died(timeout)
+                if not reply.get("alive"):
+                    with self._lock:
+                        worker.sessions.pop(session.name, None)
+            session.worker = worker if reply.get("alive") else None
+            return ExecResult.from_worker(reply, self.output_limit), session.worker is not None
+        finally:
+            self._release(worker)
+
+    def _session_request(
+        self, worker: _WorkerHandle, session: Session, code: str, timeout: float
+    ) -> dict:
+        """The request for a block of ``session`` on ``worker`` (held by the caller): the
+        blocks to replay where the worker does not hold the session, whose least recently used
+        session then makes room if it must."""
+        request = {"session": session.name, "code": code, "timeout": timeout}
+        with self._lock:
+            if session.name in worker.sessions:
+                worker.sessions.move_to_end(session.name)
+                return request
+            if len(worker.sessions) >= self.sessions_per_worker:
+                evicted, _ = worker.sessions.popitem(last=False)
+                worker.closing.append(evicted)
+            worker.sessions[session.name] = None
+        return {**request, "replay": list(session.succeeded)}
+
+    def _end_session(self, name: str) -> None:
+        """End a session promptly: its worker gets the close now if it is idle, else with the
+        request after the one it is serving."""
+        with self._lock:
+            worker = next((w for w in self._workers if name in w.sessions), None)
+            if worker is None or self._closed:
+                return
+            del worker.sessions[name]
+            worker.closing.append(name)
+            if worker not in self._idle:
+                return
+            self._idle.remove(worker)
+        self._release(worker)
+
+    def _acquire(self, pinned: _WorkerHandle | None = None) -> _WorkerHandle | None:
+        """An idle worker, after waiting for one if need be; ``pinned``: that worker only (a
+        session's), None when it is gone (it died and was replaced)."""
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            if pinned is not None and pinned not in self._workers:
+                return None
+            if pinned is None and self._idle:
+                # The one with the fewest sessions: a new session then ends none.
+                worker = min(self._idle, key=lambda idle: len(idle.sessions))
+            elif pinned in self._idle:
+                worker = pinned
+            else:
+                waiter = _Waiter(next(self._arrivals))
+                (pinned.waiters if pinned is not None else self._waiters).append(waiter)
+                worker = None
+            if worker is not None:
+                self._idle.remove(worker)
+                return worker
+        return waiter.wait()
+
+    def _release(self, worker: _WorkerHandle) -> None:
+        """Give back a worker the caller held: it first ends the sessions waiting to close on
+        it, then goes to the caller that has waited longest for it (or for any worker). Idle
+        workers that the sessions dropped meanwhile left something to end are taken to end it
+        too."""
+        held = [worker]
+        while held:
+            worker = held.pop()
+            with self._lock:
+                while self._abandoned:
+                    name = self._abandoned.popleft()
+                    holder = next((w for w in self._workers if name in w.sessions), None)
+                    if holder is not None:
+                        del holder.sessions[name]
+                        holder.closing.append(name)
+                if not self._closed:
+                    held += [idle for idle in self._idle if idle.closing]
+                    self._idle = [idle for idle in self._idle if not idle.closing]
+                if not worker.closing or self._closed:
+                    self._hand_over(worker)
+                    continue
+            worker, _ = self._exchange(worker, {}, 0.0)
+            held.append(worker)
+
+    def _hand_over(self, worker: _WorkerHandle) -> None:
+        """To the caller that has waited longest for this worker or any (under the lock)."""
+        queues = [queue for queue in (worker.waiters, self._waiters) if queue]
+        if queues:
+            min(queues, key=lambda queue: queue[0].order).popleft().hand(worker)
+        else:
+            self._idle.append(worker)
+
+    def _exchange(
+        self, worker: _WorkerHandle, request: dict, budget: float
+    ) -> tuple[_WorkerHandle, dict | None]:
+        """Send ``request``, with the closes waiting for the worker, to a worker the caller
+        holds: the worker the caller now holds (a fresh one where it died) and the reply (None
+        where it died)."""
+        with self._lock:
+            closing, worker.closing = worker.closing, []
+        if closing:
+            request = {**request, "close": closing}
+        reply = worker.execute(request, budget) if worker.alive() else None
+        if reply is None and not self._closed:
+            worker = self._replace(worker)
+        return worker, reply
 
     def _replace(self, dead: _WorkerHandle) -> _WorkerHandle:
         dead.kill()
         fresh = _WorkerHandle(self._config, self._bwrap)
         with self._lock:
             self._workers[self._workers.index(dead)] = fresh
+            # Its sessions died with it: their callers start them again on any worker.
+            for waiter in dead.waiters:
+                waiter.hand(None)
         return fresh
 
     def close(self) -> None:
@@ -336,7 +508,12 @@ class Sandbox:
             if self._closed:
                 return
             self._closed = True
+            closed = SandboxError("the sandbox is closed")
+            for waiters in [self._waiters, *(worker.waiters for worker in self._workers)]:
+                while waiters:
+                    waiters.popleft().hand(None, closed)
         _OPEN_SANDBOXES.discard(self)
+        self._threads.shutdown(wait=False)
         failed = []
         for worker in self._workers:  # every one: a request blocked on a worker left open
             try:  # would keep its thread, and the host's exit, waiting
@@ -351,6 +528,11 @@ class Sandbox:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _check_blocks(code: str, prelude) -> None:
+    if not isinstance(code, str) or not all(isinstance(block, str) for block in prelude):
+        raise TypeError("code and prelude blocks must be strings")
 
 
 def _checked_timeout(timeout) -> float:

@@ -6,6 +6,12 @@ namespace (private scratch, its own /proc), scrubbed environment. After it: rlim
 uid, no capabilities, no setuid bits, no sockets where there is no network namespace; then the
 prelude is replayed silently, the code runs, and one report goes to fd 3. If any isolation step
 fails the snippet does not run: the report says why.
+
+A request with ``"session": true`` makes the process a session (``Sandbox.session()``): it keeps
+its namespace and serves one block per request line, each reported as one line on fd 3, until
+its request pipe closes. The worker pauses it (SIGSTOP) between blocks, and interrupts a block
+at its deadline with SIGALRM, as upstream's executor did (``signal.alarm``), so that the session
+keeps what the block did before.
 """
 
 from __future__ import annotations
@@ -31,9 +37,16 @@ MAX_OPEN_FILES = 64
 MAX_MESSAGE = 10_000  # characters of an exception's message in the report
 MAX_NAME = 200  # characters of an exception's type name
 SNIPPET_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-# The process names ps shows: prepared and waiting for its request, then running it.
-WAITING_NAME, RUNNING_NAME = "genprm-ready", "genprm-snippet"
+# The process names ps shows: prepared and waiting for its request, then running it (a session:
+# for as long as it lives).
+WAITING_NAME, RUNNING_NAME, SESSION_NAME = "genprm-ready", "genprm-snippet", "genprm-session"
 STATUS_FD, REQUEST_FD = 3, 4  # after stdin, stdout and stderr, in this order
+# A session's CPU time in all (RLIMIT_CPU's hard limit): each block also gets the one-shot soft
+# limit on top of what the session used before it, which the block itself could raise.
+SESSION_CPU_S = 3600
+# What a session writes to fd 3 once it has replayed the blocks of a rebuild: the block's own
+# deadline starts then.
+REPLAYED = b'{"replayed": true}\n'
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class SnippetSettings:
     keep: tuple[str, ...]
     private_network: bool
     no_setid_bits: bool
+    sessions: int  # live sessions the worker may hold: processes of its uid
 
 
 def run_snippet(settings: SnippetSettings, slot: int, workdir: str, fds: list[int]) -> None:
@@ -68,13 +82,17 @@ def run_snippet(settings: SnippetSettings, slot: int, workdir: str, fds: list[in
     os.closerange(REQUEST_FD + 1, os.sysconf("SC_OPEN_MAX"))
     try:
         _prepare(settings, slot, workdir)
-        with os.fdopen(REQUEST_FD, "rb") as requests:
-            request = json.loads(requests.read())
-        isolation.set_name(RUNNING_NAME)
-        _confine(settings, float(request["timeout"]))
+        requests = os.fdopen(REQUEST_FD, "rb")
+        request = json.loads(requests.readline())
+        session = request.get("session") is True
+        isolation.set_name(SESSION_NAME if session else RUNNING_NAME)
+        _confine(settings, float(request["timeout"]), session)
     except (OSError, ValueError) as error:
         os.write(STATUS_FD, json.dumps({"isolation_failed": str(error)}).encode())
         os._exit(1)
+    if session:
+        _serve_session(requests, request)
+    requests.close()
     _execute(request["prelude"], request["code"])
 
 
@@ -91,7 +109,10 @@ def _prepare(settings: SnippetSettings, slot: int, workdir: str) -> None:
     os.chdir(workdir)
     os.environ.clear()
     os.environ.update(SNIPPET_ENV, HOME=workdir, TMPDIR=workdir)
-    processes = EXTRA_PROCESSES if settings.cgroups else EXTRA_PROCESSES_WITHOUT_CGROUP
+    if settings.cgroups:  # each live session of the worker is a process of the same uid
+        processes = EXTRA_PROCESSES + settings.sessions
+    else:
+        processes = EXTRA_PROCESSES_WITHOUT_CGROUP
     if settings.uid is None:  # RLIMIT_NPROC counts every process of the uid
         processes += isolation.processes_of(settings.owner)
     isolation.set_limits(
@@ -102,9 +123,11 @@ def _prepare(settings: SnippetSettings, slot: int, workdir: str) -> None:
     )
 
 
-def _confine(settings: SnippetSettings, timeout: float) -> None:
-    cpu_seconds = int(timeout) + 2
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+def _confine(settings: SnippetSettings, timeout: float, session: bool) -> None:
+    cpu_seconds = _cpu_seconds(timeout)
+    resource.setrlimit(
+        resource.RLIMIT_CPU, (cpu_seconds, SESSION_CPU_S if session else cpu_seconds)
+    )
     if settings.uid is not None:
         isolation.drop_to_uid(settings.uid)
     # Again after the uid change, which clears it: the snippet dies with the zygote.
@@ -116,16 +139,88 @@ def _confine(settings: SnippetSettings, timeout: float) -> None:
         isolation.refuse_sockets()
 
 
+def _cpu_seconds(timeout: float) -> int:
+    """RLIMIT_CPU for one snippet: a backstop behind the worker's wall-clock deadline."""
+    return int(timeout) + 2
+
+
 def _execute(prelude: list[str], code: str) -> None:
     """Replay the prelude silently, run the snippet, report on fd 3, and exit."""
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace = _namespace()
     runner = os.getpid()  # processes the snippet forks end here too, but only the runner reports
-    report: dict = {}
-    for block in prelude:
+    _replay(namespace, prelude)
+    report = _run(namespace, code)
+    if os.getpid() == runner:
+        with contextlib.suppress(BaseException):
+            os.write(STATUS_FD, json.dumps(report).encode())
+    os._exit(0)
+
+
+class _Deadline(BaseException):
+    """Raised in a session's block at its deadline (not an Exception: ``except Exception`` in
+    the block does not keep it running)."""
+
+
+def _serve_session(requests, request: dict) -> None:
+    """One block per request line, in one namespace, each reported as one line on fd 3; the
+    blocks of a rebuild (``replay``) are replayed silently first. Exits when the pipe closes."""
+    namespace = _namespace()
+    runner = os.getpid()
+    streams = sys.stdout, sys.stderr
+    running = [False]
+
+    def interrupt(*_) -> None:  # a deadline that comes after the block ended is too late
+        if running[0]:
+            running[0] = False
+            raise _Deadline
+
+    signal.signal(signal.SIGALRM, interrupt)
+    while True:
+        sys.stdout, sys.stderr = streams  # as upstream's executor redirected them per block
+        if request.get("replay"):
+            _replay(namespace, request["replay"])
+            _end_if_forked(runner)
+            os.write(STATUS_FD, REPLAYED)
+        running[0] = True
+        report = _run(namespace, request["code"])
+        running[0] = False
+        _end_if_forked(runner)
+        with contextlib.suppress(BaseException):
+            os.write(STATUS_FD, json.dumps(report).encode() + b"\n")
+        line = requests.readline()
+        if not line:
+            os._exit(0)
+        request = json.loads(line)
+        _reap()
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime) + _cpu_seconds(float(request["timeout"]))
+        resource.setrlimit(resource.RLIMIT_CPU, (min(soft, SESSION_CPU_S), SESSION_CPU_S))
+
+
+def _end_if_forked(runner: int) -> None:
+    """A process a block forked ran the rest of the block: it ends there."""
+    if os.getpid() != runner:
+        os._exit(0)
+
+
+def _namespace() -> dict:
+    return {"__name__": "__main__", "__builtins__": builtins}
+
+
+def _replay(namespace: dict, blocks) -> None:
+    """Run earlier blocks of the path silently: their output and errors are not shown."""
+    for block in blocks:
         with contextlib.suppress(BaseException), contextlib.redirect_stdout(io.StringIO()):
             exec(compile(block, "<string>", "exec"), namespace)  # noqa: S102
+
+
+def _run(namespace: dict, code: str) -> dict:
+    """Run one block in ``namespace``: its report (``{"ok": true}`` or the error)."""
+    report: dict = {"ok": True}
     try:
         exec(compile(code, "<string>", "exec"), namespace)  # noqa: S102
+    except _Deadline:
+        report = {"timeout": True}
     except SystemExit as stop:
         if stop.code not in (None, 0):
             report = {"type": "SystemExit", "message": capped_text(stop.code, MAX_MESSAGE)}
@@ -138,10 +233,15 @@ def _execute(prelude: list[str], code: str) -> None:
     with contextlib.suppress(BaseException):
         sys.stdout.flush()
         sys.stderr.flush()
-    if os.getpid() == runner:
-        with contextlib.suppress(BaseException):
-            os.write(STATUS_FD, json.dumps(report or {"ok": True}).encode())
-    os._exit(0)
+    return report
+
+
+def _reap() -> None:
+    """Collect the session's dead children (the worker killed what a block left): as the init
+    of its PID namespace it inherits every orphan, and zombies count against RLIMIT_NPROC."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def capped_text(value: object, limit: int) -> str:

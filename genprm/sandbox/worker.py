@@ -8,6 +8,13 @@ is forked, prepared ahead of its request. Then it serves one JSON request per li
 hands the request to the prepared process, collects its output under a wall-clock deadline and
 output caps, makes sure nothing of it is left, and answers one JSON line on stdout. EOF on stdin
 (the host went away) ends it, and with it the zygote and any snippet.
+
+It also holds the host's live sessions (``Sandbox.session()``): each is a snippet process of its
+own, in a memory cgroup of its own, that keeps its namespace between blocks. Between blocks the
+session is paused (SIGSTOP: no thread of it runs) and every process its block started is
+killed, so that nothing of a block outlives it but the namespace. A block past its deadline is
+interrupted; one that does not stop then, overflows its output or crashes the process ends the
+session, which the host then starts again from the blocks that succeeded (``replay``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from .snippet import (
     EXTRA_PROCESSES_WITHOUT_CGROUP,
     MAX_MESSAGE,
     MAX_NAME,
+    REPLAYED,
     SnippetSettings,
     capped_text,
 )
@@ -46,6 +54,13 @@ WARM_MODULES = (
 )  # fmt: skip
 # What a snippet may write to its status descriptor (fd 3): the runner's report is far smaller.
 MAX_REPORT = 1 << 16
+# How long a session that reported may take to stop (every thread of it), and to lose the
+# processes its block left, before it is ended instead.
+PAUSE_TIMEOUT_S = 2.0
+# A session's block past its deadline is interrupted (SIGALRM, as upstream's executor did), and
+# killed, with the session, if it has not reported this long after.
+INTERRUPT_GRACE_S = 1.0
+SNIPPET_SLOTS = range(len(cgroups.SLOTS))  # the memory cgroups of one-shot snippets
 
 
 class WorkerStartError(RuntimeError):
@@ -93,6 +108,7 @@ class _Prepared:
     outputs: list[int]  # read ends of its stdout, stderr and status pipes
     request: int  # write end of its request pipe
     pidfd: int
+    proc_pid: int | None = None  # a session's pid as /proc names it
 
 
 class WarmWorker:
@@ -100,11 +116,14 @@ class WarmWorker:
     is the snippet uid the host reserved for this worker (``uids.UidRange``), None when the
     host is not root; ``config["cgroups"]`` its two memory cgroups (``cgroups.WorkerCgroups``)
     or None; ``config["scratch"]`` the world-writable folders and unsearched network mounts
-    (``scratch.world_writable()``), None to search here (inside bubblewrap)."""
+    (``scratch.world_writable()``), None to search here (inside bubblewrap);
+    ``config["sessions"]`` how many live sessions the host may keep on it (the cgroups list
+    holds one for each, after the two snippet slots)."""
 
     def __init__(self, config: dict):
         self.memory_mb = int(config["memory_mb"])
         self.output_limit = int(config["output_limit"])
+        sessions = int(config["sessions"])
         self.bwrap = bool(config["bwrap"])
         if self.bwrap:  # die with bwrap, our parent, as we do with the host (EOF on stdin)
             isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -173,6 +192,14 @@ class WarmWorker:
             self.missing.append("seccomp: snippets can set setuid bits on their private files")
         if self.uid is None:
             self.missing.append("dedicated uid (not root): snippets run as the host user")
+        # A session's leftovers are found below it, the init of its PID namespace.
+        children = os.path.exists("/proc/thread-self/children")
+        self.live_sessions = self.pid_namespaces and children
+        if not self.live_sessions:
+            self.missing.append(
+                "live sessions (they need PID namespaces and /proc children lists): a session"
+                " replays the blocks that succeeded before each block"
+            )
         self.missing += [f"module {name} (not installed)" for name in warm_up()]
         # Keep the collector away from the warm objects: a child's collection would write to
         # (and so copy) every page holding them.
@@ -189,12 +216,18 @@ class WarmWorker:
             keep=tuple(keep),
             private_network=self.private_network,
             no_setid_bits=no_setid_bits,
+            sessions=sessions,
         )
         self._channel, self.zygote_pid = _start_zygote(self.settings, own_pid_namespace)
+        self._channel_poller = select.poll()
+        self._channel_poller.register(self._channel, select.POLLIN)
         self._prepared: collections.deque[_Prepared] = collections.deque()
         self._slots_asked: collections.deque[int] = collections.deque()  # in the zygote's order
         self._exits: dict[int, int] = {}
+        self._stops: set[int] = set()
         self._next_slot = 0
+        self._sessions: dict[str, _Prepared] = {}
+        self._session_slots = list(range(len(cgroups.SLOTS), len(cgroups.SLOTS) + sessions))
         self._stdin = b""
         self._prepare()
 
@@ -207,6 +240,7 @@ class WarmWorker:
             "private_scratch": self.private_scratch,
             "memory_cgroup": self.memory_cgroup,
             "bwrap": self.bwrap,
+            "live_sessions": self.live_sessions,
             "missing": self.missing,
         }
 
@@ -221,7 +255,15 @@ class WarmWorker:
             yield json.loads(line)
 
     def run(self, request: dict) -> dict:
-        child = self._next_prepared()
+        """Serve one request: end the sessions in ``close``, then run the snippet (``code``,
+        ``prelude``) or, with ``session``, the block in that session."""
+        for name in request.get("close", ()):
+            self._end_session(name)
+        if "session" in request:
+            return self._run_in_session(request)
+        if "code" not in request:
+            return {"closed": True}
+        child = self._next_prepared(SNIPPET_SLOTS)
         started = time.monotonic()
         if self.pid_namespaces:
             # Nothing of this snippet can outlive it, so the next one gets ready alongside.
@@ -230,7 +272,8 @@ class WarmWorker:
         oom_kills = cgroups.oom_kills(cgroup) if cgroup else 0
         try:
             _deliver(child.request, json.dumps(request).encode())
-            result = self._collect(child, started + float(request["timeout"]))
+            output, status, _ = self._collect(child, started, float(request["timeout"]))
+            exit_code = os.waitstatus_to_exitcode(self._exit_status(child.pid))
         finally:
             for fd in [*child.outputs, child.pidfd]:
                 os.close(fd)
@@ -238,34 +281,141 @@ class WarmWorker:
                 self._sweep()
             if not self.settings.private_scratch:
                 shutil.rmtree(child.workdir, ignore_errors=True)
+        result = self._result(output, status, exit_code)
         # However it ended, a tree that went over its memory limit is a memory result.
         if cgroup and cgroups.oom_kills(cgroup) > oom_kills:
-            result["status"] = "memory"
-            message = f"the snippet's processes together needed more than {self.memory_mb} MB"
-            result["error"] = {"type": "MemoryError", "message": message}
+            self._memory_result(result)
         if not self.pid_namespaces:
             self._prepare()
         result["duration_s"] = time.monotonic() - started
         return result
 
-    def _prepare(self) -> None:
-        """Ask the zygote for the next snippet process, in the memory cgroup the running one
-        does not use."""
-        self._channel.send(json.dumps({"prepare": self._next_slot}).encode())
-        self._slots_asked.append(self._next_slot)
-        self._next_slot = 1 - self._next_slot
+    def _run_in_session(self, request: dict) -> dict:
+        """One block in the session named ``request["session"]``, with ``"alive"``: whether
+        the session lives on. A session this worker does not hold (new, ended, or dead while
+        it waited) is started, replaying ``request["replay"]`` first; without a replay (the
+        host thought it alive) the answer is ``{"missing": true}`` and nothing runs."""
+        name, timeout = request["session"], float(request["timeout"])
+        block = {"code": request["code"], "timeout": timeout}
+        child = self._sessions.get(name)
+        if child is not None and not self._resume(child):
+            self._end_session(name)
+            child = None
+        if child is None:
+            if "replay" not in request:
+                return {"missing": True}
+            child = self._start_session(name)
+            block.update(session=True, replay=request["replay"])
+        cgroup = self.settings.cgroups[child.slot] if self.settings.cgroups else None
+        oom_kills = cgroups.oom_kills(cgroup) if cgroup else 0
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # a session that died as its block came: no report
+            _send_line(child.request, json.dumps(block).encode(), started + timeout)
+        replayed = len(block.get("replay", ()))
+        output, status, reported = self._collect(child, started, timeout, replayed)
+        alive = reported and self._pause(child) and self._sweep_session(child)
+        if alive:
+            output.drain()  # what the block wrote just before it reported
+            exit_code = 0
+        else:
+            exit_code = os.waitstatus_to_exitcode(self._end_session(name))
+        result = self._result(output, status or output.over(), exit_code)
+        if cgroup and cgroups.oom_kills(cgroup) > oom_kills:
+            self._memory_result(result)
+        result["alive"] = alive
+        result["duration_s"] = time.monotonic() - started
+        return result
 
-    def _next_prepared(self) -> _Prepared:
-        while not self._prepared:
+    def _start_session(self, name: str) -> _Prepared:
+        """A fresh snippet process for the session, in a memory cgroup of its own."""
+        slot = self._session_slots.pop()
+        self._prepare(slot)
+        child = self._next_prepared({slot})
+        child.proc_pid = isolation.proc_pid(child.pidfd)
+        os.set_blocking(child.request, False)
+        self._sessions[name] = child
+        return child
+
+    def _resume(self, child: _Prepared) -> bool:
+        """Let a paused session run again; False when it died while it waited."""
+        while self._receive(0):  # exits the zygote has reported meanwhile
+            pass
+        if child.pid in self._exits:
+            return False
+        try:
+            signal.pidfd_send_signal(child.pidfd, signal.SIGCONT)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _pause(self, child: _Prepared) -> bool:
+        """Stop every thread of a session between its blocks; False when it died instead or
+        would not stop in time."""
+        try:
+            signal.pidfd_send_signal(child.pidfd, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        while child.pid not in self._stops:
+            if child.pid in self._exits or not self._receive(deadline - time.monotonic()):
+                return False
+        self._stops.discard(child.pid)
+        return True
+
+    def _sweep_session(self, child: _Prepared) -> bool:
+        """Kill every process the paused session's block left (all of them are below it, the
+        init of its PID namespace); False when some would not go in time."""
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        while leftovers := isolation.live_tree(child.proc_pid):
+            if time.monotonic() > deadline:
+                return False
+            for pid in leftovers:
+                isolation.kill_proc(pid)
+        return True
+
+    def _end_session(self, name: str) -> int | None:
+        """Kill a session (its PID namespace goes with it) and wait until it is gone, so that
+        its memory cgroup is empty for the next one: its wait status, None for a name this
+        worker does not hold."""
+        child = self._sessions.pop(name, None)
+        if child is None:
+            return None
+        _kill(child)
+        status = self._exit_status(child.pid)
+        for fd in [*child.outputs, child.request, child.pidfd]:
+            os.close(fd)
+        if not self.settings.private_scratch:
+            shutil.rmtree(child.workdir, ignore_errors=True)
+        self._session_slots.append(child.slot)
+        return status
+
+    def _prepare(self, slot: int | None = None) -> None:
+        """Ask the zygote for the next snippet process, in the memory cgroup the running one
+        does not use (or, for a session, in its own ``slot``)."""
+        if slot is None:
+            slot, self._next_slot = self._next_slot, 1 - self._next_slot
+        self._channel.send(json.dumps({"prepare": slot}).encode())
+        self._slots_asked.append(slot)
+
+    def _next_prepared(self, slots) -> _Prepared:
+        """The first prepared process in one of ``slots``."""
+        while True:
+            for prepared in self._prepared:
+                if prepared.slot in slots:
+                    self._prepared.remove(prepared)
+                    return prepared
             self._receive()
-        return self._prepared.popleft()
 
     def _exit_status(self, pid: int) -> int:
         while pid not in self._exits:
             self._receive()
+        self._stops.discard(pid)
         return self._exits.pop(pid)
 
-    def _receive(self) -> None:
+    def _receive(self, timeout: float | None = None) -> bool:
+        """Handle the zygote's next message; False when none came within ``timeout``."""
+        if timeout is not None and not self._channel_poller.poll(max(timeout, 0) * 1000):
+            return False
         message, fds, _, _ = socket.recv_fds(self._channel, MAX_DATAGRAM, DESCRIPTORS)
         if not message:
             raise RuntimeError("the zygote is gone")
@@ -275,20 +425,36 @@ class WarmWorker:
             *outputs, request, pidfd = fds
             prepared = _Prepared(parsed["ready"], parsed["workdir"], slot, outputs, request, pidfd)
             self._prepared.append(prepared)
+        elif "stopped" in parsed:
+            self._stops.add(parsed["stopped"])
         else:
             self._exits[parsed["exited"]] = parsed["status"]
+        return True
 
-    def _collect(self, child: _Prepared, deadline: float) -> dict:
-        fds, pidfd = child.outputs, child.pidfd
-        caps = {fds[0]: self.output_limit, fds[1]: self.output_limit, fds[2]: MAX_REPORT}
-        buffers = {fd: bytearray() for fd in fds}
-        open_fds, exited, status = set(fds), False, None
+    def _collect(
+        self, child: _Prepared, started: float, timeout: float, replayed: int = 0
+    ) -> tuple[_Output, str | None, bool]:
+        """Read what ``child`` writes until it ends, its deadline passes or an output cap is
+        hit: the output, the status that cut it short (``timeout``, ``output_limit``,
+        ``report_limit``) or None, and whether it is a session whose block reported (it lives
+        on; anything else is killed). A session that is rebuilt first replays ``replayed``
+        blocks, with ``timeout`` for each; the block's own ``timeout`` starts after them, and
+        at its end the block is interrupted, which it reports as a time-out."""
+        output = _Output(child.outputs, self.output_limit)
+        pidfd, session = child.pidfd, child.proc_pid is not None
+        deadline, replaying = started + timeout * max(replayed, 1), replayed > 0
+        exited, status, reported, interrupted = False, None, False, False
         poller = select.poll()
-        for fd in (*fds, 0, pidfd):
+        for fd in (*child.outputs, 0, pidfd):
             poller.register(fd, select.POLLIN)
         try:
             while True:
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and session and not (replaying or interrupted or exited):
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGALRM)
+                    interrupted, deadline = True, time.monotonic() + INTERRUPT_GRACE_S
+                    continue
                 if remaining <= 0:
                     status = "timeout"
                     break
@@ -299,37 +465,42 @@ class WarmWorker:
                 if pidfd in ready:
                     exited = True
                     poller.unregister(pidfd)
-                for fd in open_fds & ready:
-                    chunk = os.read(fd, min(1 << 16, caps[fd] + 1 - len(buffers[fd])))
-                    if chunk:
-                        buffers[fd] += chunk
-                    else:
-                        open_fds.discard(fd)
+                for fd in output.open & ready:
+                    if not output.read(fd):
                         poller.unregister(fd)
-                if len(buffers[fds[0]]) + len(buffers[fds[1]]) > self.output_limit:
-                    status = "output_limit"
+                if (status := output.over()) is not None:
                     break
-                if len(buffers[fds[2]]) > MAX_REPORT:
-                    status = "report_limit"
-                    break
-                if exited and (not open_fds or not ready):
+                if session:
+                    line = output.status_line()
+                    if replaying and line == REPLAYED:
+                        replaying, deadline = False, time.monotonic() + timeout
+                        line = output.status_line()
+                    if line is not None:
+                        output.report, reported = line, True
+                        break
+                if exited and (not output.open or not ready):
                     break  # pipes drained, or held open only by processes the snippet left behind
         finally:
-            _kill(child)
-        wait_status = self._exit_status(child.pid)
-        stdout, stderr = (bytes(buffers[fd][: self.output_limit]) for fd in fds[:2])
-        result = {
-            "stdout": stdout.decode("utf-8", "replace"),
-            "stderr": stderr.decode("utf-8", "replace"),
-            "exit": os.waitstatus_to_exitcode(wait_status),
-        }
+            if not reported:
+                _kill(child)
+        return output, status, reported
+
+    def _result(self, output: _Output, status: str | None, exit_code: int) -> dict:
+        """The reply for what a snippet (or a session's block) wrote and how it ended."""
+        stdout, stderr = output.texts()
+        result = {"stdout": stdout, "stderr": stderr, "exit": exit_code}
         if status == "report_limit":
             message = f"the snippet wrote over {MAX_REPORT} bytes to its status pipe (fd 3)"
             status, result["error"] = "error", {"type": "SandboxError", "message": message}
         if status is None:
-            status, result["error"] = _status_from(bytes(buffers[fds[2]]), result["exit"])
+            status, result["error"] = _status_from(output.report_text(), exit_code)
         result["status"] = status
         return result
+
+    def _memory_result(self, result: dict) -> None:
+        result["status"] = "memory"
+        message = f"the snippet's processes together needed more than {self.memory_mb} MB"
+        result["error"] = {"type": "MemoryError", "message": message}
 
     def _host_gone(self, child: _Prepared) -> None:
         if os.read(0, 1 << 16) == b"":
@@ -350,12 +521,82 @@ class WarmWorker:
                 os.kill(leftover, signal.SIGKILL)
 
 
+class _Output:
+    """What one snippet (or one block of a session) wrote to its stdout, stderr and status
+    pipes (``fds``), each read no further than its cap allows."""
+
+    def __init__(self, fds: list[int], output_limit: int):
+        self.fds, self.output_limit = fds, output_limit
+        self.caps = {fds[0]: output_limit, fds[1]: output_limit, fds[2]: MAX_REPORT}
+        self.buffers = {fd: bytearray() for fd in fds}
+        self.open = set(fds)
+        self.report: bytes | None = None  # a session block's report line
+
+    def read(self, fd: int) -> bool:
+        """Read what is in ``fd`` (it is readable); False at its end."""
+        chunk = os.read(fd, min(1 << 16, self.caps[fd] + 1 - len(self.buffers[fd])))
+        if not chunk:
+            self.open.discard(fd)
+        self.buffers[fd] += chunk
+        return bool(chunk)
+
+    def drain(self) -> None:
+        """Read whatever is already in the pipes of a paused session (nothing more comes)."""
+        poller = select.poll()
+        for fd in self.open:
+            poller.register(fd, select.POLLIN)
+        while self.over() is None and (ready := [fd for fd, _ in poller.poll(0)]):
+            for fd in ready:
+                if not self.read(fd):
+                    poller.unregister(fd)
+
+    def over(self) -> str | None:
+        """``output_limit`` or ``report_limit`` once a cap is passed, else None."""
+        if len(self.buffers[self.fds[0]]) + len(self.buffers[self.fds[1]]) > self.output_limit:
+            return "output_limit"
+        if len(self.buffers[self.fds[2]]) > MAX_REPORT:
+            return "report_limit"
+        return None
+
+    def status_line(self) -> bytes | None:
+        """The next complete line of a session's status pipe, taken out of it."""
+        status = self.buffers[self.fds[2]]
+        end = status.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(status[: end + 1])
+        del status[: end + 1]
+        return line
+
+    def report_text(self) -> bytes:
+        return self.report if self.report is not None else bytes(self.buffers[self.fds[2]])
+
+    def texts(self) -> tuple[str, str]:
+        return tuple(
+            bytes(self.buffers[fd][: self.output_limit]).decode("utf-8", "replace")
+            for fd in self.fds[:2]
+        )
+
+
 def _kill(child: _Prepared) -> None:
     """SIGKILL the snippet process (even before it made its own session) and its group."""
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
+
+
+def _send_line(fd: int, message: bytes, deadline: float) -> None:
+    """One request line to a session (whose pipe is non-blocking: a session that does not read
+    it keeps no worker waiting past the block's deadline, and then times out)."""
+    view = memoryview(message + b"\n")
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while view and poller.poll(max(deadline - time.monotonic(), 0) * 1000):
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue
 
 
 def _deliver(fd: int, request: bytes) -> None:
@@ -390,6 +631,8 @@ def _status_from(report: bytes, exit_code: int) -> tuple[str, dict | None]:
         return "error", {"type": "SandboxError", "message": message}
     if parsed.get("ok") is True:
         return "ok", None
+    if parsed.get("timeout") is True:  # a session's block, interrupted at its deadline
+        return "timeout", None
     if "isolation_failed" in parsed:
         message = (
             f"not run, its isolation failed: {capped_text(parsed['isolation_failed'], MAX_MESSAGE)}"

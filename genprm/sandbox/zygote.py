@@ -8,7 +8,9 @@ Protocol, one JSON message per SOCK_SEQPACKET datagram:
 - worker -> zygote ``{"prepare": slot}``: fork a snippet process into memory cgroup ``slot``;
 - zygote -> worker ``{"ready": pid, "workdir": path}`` with descriptors (stdout, stderr and
   status read ends, request write end, pidfd);
-- zygote -> worker ``{"exited": pid, "status": wait_status}`` once it is reaped.
+- zygote -> worker ``{"exited": pid, "status": wait_status}`` once it is reaped;
+- zygote -> worker ``{"stopped": pid}`` once every thread of it has stopped (the worker pauses a
+  session between its blocks with SIGSTOP).
 """
 
 from __future__ import annotations
@@ -87,14 +89,19 @@ class Zygote:
 
     def _reap(self) -> None:
         """Reap every child that ended: snippet processes are reported, orphans the snippets
-        left (in the fallback without PID namespaces) are only reaped."""
+        left (in the fallback without PID namespaces) are only reaped. A snippet process that
+        stopped is reported too."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            if pid in self.children:
+            if pid not in self.children:
+                continue
+            if os.WIFSTOPPED(status):
+                self.channel.send(json.dumps({"stopped": pid}).encode())
+            else:
                 self.children.discard(pid)
                 self.channel.send(json.dumps({"exited": pid, "status": status}).encode())

@@ -1,0 +1,5 @@
+"""The sandbox's own error."""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not start or was used after close()."""
