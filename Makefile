@@ -137,14 +137,15 @@ bwrap:
 		apt-get update -qq && apt-get install -y -qq bubblewrap; \
 	else echo "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap) for Sandbox(bwrap=True)"; fi; }
 
-# Both suites always run; the target fails if either did, and says which.
+# The layers are checked, then both suites run, always; the target fails if any failed, and says which.
 test: venv venv-vllm bwrap
-	@train=0; generation=0; \
-	$(BIN)/python -m pytest -ra || train=$$?; \
-	$(VLLM_BIN)/python -m pytest -ra tests/generation_env genprm/backends genprm/testing || generation=$$?; \
-	echo "make test: training environment (.venv) pytest exit $$train;" \
-		"generation environment (.venv-vllm) pytest exit $$generation"; \
-	[ $$train = 0 ] && [ $$generation = 0 ]
+	@layers=0; train=0; generation=0; \
+	$(BIN)/lint-imports || layers=$$?; \
+	$(BIN)/python -m pytest -ra --durations=25 || train=$$?; \
+	$(VLLM_BIN)/python -m pytest -ra --durations=15 tests/generation_env genprm/backends genprm/testing || generation=$$?; \
+	echo "make test: the layers (lint-imports) exit $$layers; training environment (.venv) pytest" \
+		"exit $$train; generation environment (.venv-vllm) pytest exit $$generation"; \
+	[ $$layers = 0 ] && [ $$train = 0 ] && [ $$generation = 0 ]
 
 bench: model venv-vllm bwrap
 	$(BIN)/python bench/bench_tokenize.py

@@ -19,11 +19,11 @@ import argparse
 import asyncio
 import time
 
-from data_synthesis.policy import AnswerGrader
-from data_synthesis.problems import ProblemFields, load_problems
 from eval.bon import samples as bon_samples
 from eval.processbench.data import DEFAULT_DATA_DIR
 from genprm.backends import make_engine
+from genprm.policy import AnswerGrader
+from genprm.problems import ProblemFields, load_problems
 from genprm.sandbox import Sandbox
 from genprm.verifier import CODE_MODES, MODES, GenPRMVerifier
 

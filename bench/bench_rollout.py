@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from data_synthesis.label import first_error, rpe_labels
-from data_synthesis.problems import load_problems
 from data_synthesis.rollout import RolloutSettings, RolloutStage
 from data_synthesis.runner import run_stage
 from data_synthesis.solve import SolveSettings, SolveStage
 from genprm.backends import make_engine
+from genprm.problems import load_problems
 from genprm.sandbox import Sandbox
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -29,8 +29,12 @@ from pathlib import Path
 from genprm.backends import EngineError, make_engine
 from genprm.cli import ENGINE_DEFAULTS, add_engine_arguments, engine_options, resolve_defaults
 from genprm.cluster import add_executor_arguments, ray_options
+from genprm.jsonl import InputError, check_readable
 from genprm.lifetime import command
 from genprm.paths import OutputBusy
+from genprm.problems import check_source
+from genprm.runs import ResumeError
+from genprm.shards import parse_shard
 
 from .config import ConfigError, load_config
 from .pipeline import (
@@ -42,9 +46,7 @@ from .pipeline import (
     run_export,
     run_one,
 )
-from .problems import check_source
 from .runner import StageFailed, StageSummary
-from .store import InputError, ResumeError, check_readable, parse_shard
 from .tracking import Tracker
 from .validate import validate
 

@@ -32,8 +32,7 @@ from typing import Any
 import yaml
 
 from genprm.cli import ENGINE_DEFAULTS
-
-from .problems import ProblemFields
+from genprm.problems import ProblemFields
 
 STAGES = ("solve", "rollout", "label", "rationale", "filter", "export")
 ROLES = ("policy", "rollout", "rationale")

@@ -20,16 +20,11 @@ import sys
 from pathlib import Path
 
 from genprm.format import parse_turn
+from genprm.jsonl import InputError, not_utf8, unencodable
 from genprm.paths import write_atomically
 from genprm.records import RecordError, describe, record_messages
 
-from .store import not_utf8, unencodable
-
 _LABEL_KEYS = ("label", "labels")
-
-
-class InputError(ValueError):
-    """A line of the input file that is not a usable step-labelled record."""
 
 
 class UsageError(ValueError):

@@ -17,14 +17,16 @@ from typing import Any
 
 from genprm.backends import Engine, make_engine
 from genprm.cluster import RayOptions, RayPool
+from genprm.jsonl import InputError
 from genprm.paths import output_lock
+from genprm.problems import load_problems
 from genprm.sandbox import Sandbox
+from genprm.shards import in_shard
 
 from .config import ROLES, STAGES, SynthConfig
-from .problems import load_problems
 from .runner import StageSummary, run_stage
 from .stage import Stage
-from .store import InputError, in_shard, read_records
+from .store import read_records
 
 EXPORT_DIR = "export"
 RECORD_STAGES = STAGES[:-1]  # export writes a folder, not records

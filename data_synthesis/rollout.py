@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from genprm.backends.types import Engine, Request, SamplingParams
+from genprm.backends.types import ContextTooLong, Engine, Request, SamplingParams
 from genprm.grading import DEFAULT_TIMEOUT_S, extract_boxed
 from genprm.paths import write_all
+from genprm.policy import FIRST_STEP, AnswerGrader, policy_context, policy_request
 from genprm.sandbox import Sandbox
 
-from .policy import FIRST_STEP, AnswerGrader, policy_context, policy_request
 from .stage import Stage, StageError, StageResult
 from .store import cut_torn_line
 
@@ -204,7 +204,10 @@ class RolloutStage(Stage):
         params = SamplingParams(
             temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens
         )
-        base = policy_request(self.engine, text, params)
+        try:
+            base = policy_request(self.engine, text, params)
+        except ContextTooLong as error:  # this solution's prefix: the record's error
+            raise StageError(str(error)) from error
         requests = []
         for j, start in enumerate(range(0, k, config.max_n_per_request)):
             n = min(config.max_n_per_request, k - start)

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from genprm.backends.types import Engine, Sample, SamplingParams
+from genprm.backends.types import ContextTooLong, Engine, Sample, SamplingParams
 from genprm.grading import DEFAULT_TIMEOUT_S, extract_boxed
+from genprm.policy import FIRST_STEP, AnswerGrader, policy_context, policy_request
 from genprm.sandbox import Sandbox
 from genprm.steps import split_policy_steps
 
-from .policy import FIRST_STEP, AnswerGrader, policy_context, policy_request
 from .stage import Stage, StageError, StageResult
 
 
@@ -84,7 +84,11 @@ class SolveStage(Stage):
                 max_tokens=config.max_tokens,
                 seed=seed,
             )
-            completion = await self.engine.agenerate(policy_request(self.engine, text, params))
+            try:
+                request = policy_request(self.engine, text, params)
+            except ContextTooLong as error:  # this problem's prompt: the record's error
+                raise StageError(str(error)) from error
+            completion = await self.engine.agenerate(request)
             stats["requests"] += 1
             stats["samples"] += len(completion.samples)
             stats["tokens"] += sum(len(sample.token_ids) for sample in completion.samples)

@@ -27,27 +27,17 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genprm.jsonl import InputError, dumps, input_lines, parse_line
 from genprm.paths import cut_torn_line, output_lock, write_all, write_atomically
+from genprm.runs import ResumeError
 
 from .stage import StageResult
 
 LOG = logging.getLogger(__name__)
-# A JSON escape of a surrogate (\ud800-\udfff): the only way into text decoded from valid UTF-8
-# for a lone surrogate, which UTF-8 cannot encode (a pair's escapes match too, and pass).
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-class ResumeError(ValueError):
-    """The output exists and cannot be continued by this run."""
-
-
-class InputError(ValueError):
-    """An input line that is not a usable record (the message names file and line)."""
 
 
 def companion(output: Path, suffix: str) -> Path:
@@ -203,56 +193,6 @@ def read_records(
     return records, errors
 
 
-def check_readable(path: Path) -> None:
-    """Refuse a missing or unreadable input file (:class:`InputError` naming it), so that a
-    run stops before it starts anything or creates any output."""
-    try:
-        with Path(path).open("rb"):
-            pass
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
-def input_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line)`` of every non-blank line of an input file, as bytes (each is
-    decoded by :func:`parse_line`, so that bad bytes are one line's error)."""
-    check_readable(path)
-    with Path(path).open("rb") as lines:
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                yield number, line
-
-
-def parse_line(line: bytes) -> tuple[Any, str | None]:
-    """``(value, None)`` for a JSON line whose text UTF-8 can hold, else ``(None, problem)``:
-    checked here, so that a bad line is named when read, not when a stage writes it."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return None, not_utf8(error)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        return None, f"not JSON ({error.msg})"
-    problem = unencodable(text, value)
-    return (None, problem) if problem else (value, None)
-
-
-def not_utf8(error: UnicodeDecodeError) -> str:
-    return f"not UTF-8 (byte {error.start + 1} of the line: {error.reason})"
-
-
-def unencodable(text: str, value: Any) -> str | None:
-    """Why ``value`` (parsed from the JSON ``text``) cannot be written back as UTF-8, or None."""
-    if not _SURROGATE_ESCAPE.search(text):
-        return None
-    try:
-        _ENCODE(value).encode("utf-8")
-    except UnicodeEncodeError:
-        return "a lone surrogate escape (\\ud800-\\udfff), which UTF-8 cannot hold"
-    return None
-
-
 def _record_problem(record: Any, needs: tuple[str, ...], seen: dict[str, int]) -> str | None:
     if not isinstance(record, dict):
         return f"a {type(record).__name__}, not a JSON object"
@@ -267,40 +207,8 @@ def _record_problem(record: Any, needs: tuple[str, ...], seen: dict[str, int]) -
     return None
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N.
-
-    >>> parse_shard("1/4")
-    (1, 4)
-    """
-    index, _, count = text.partition("/")
-    try:
-        shard = int(index), int(count)
-    except ValueError:
-        raise ValueError(f"--shard takes I/N (e.g. 0/4), not {text!r}") from None
-    if not 0 <= shard[0] < shard[1]:
-        raise ValueError(f"--shard {text}: I must be in 0..N-1")
-    return shard
-
-
-def in_shard(records: list[Any], shard: tuple[int, int] | None) -> list[Any]:
-    """Every N-th record from position I: the N shards of a list partition it.
-
-    >>> [in_shard(list("abcde"), (i, 2)) for i in range(2)]
-    [['a', 'c', 'e'], ['b', 'd']]
-    """
-    if shard is None:
-        return records
-    index, count = shard
-    return records[index::count]
-
-
-# json.dumps(..., ensure_ascii=False) builds an encoder per call; this one is built once
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
-
-
 def _jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(_ENCODE(r) + "\n" for r in records).encode()
+    return "".join(dumps(r) + "\n" for r in records).encode()
 
 
 def _add(totals: dict[str, int | float], stats: dict[str, int | float]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -36,16 +35,20 @@ from genprm.cli import (
 )
 from genprm.cluster import add_executor_arguments
 from genprm.lifetime import command
+from genprm.paths import data_dir
+from genprm.runs import SETTINGS, appender, check_settings, read_results, wandb_run
 from genprm.verifier import CODE_MODES
 
+from .commands import StepProgress, as_only_writer, nothing_selected
 from .processbench import runner
 from .processbench.critic import MAX_TOKENS as CRITIC_MAX_TOKENS
-from .processbench.data import DEFAULT_DATA_DIR, SPLITS, load_splits
+from .processbench.data import SPLITS, load_splits
 from .processbench.metrics import score_predictions
 from .processbench.report import write_report
-from .refine import add_refine_parser, run_refine
+from .refine.cli import add_refine_parser, run_refine
 from .search.cli import add_search_parser, run_search
 from .verifier_args import (
+    EMBEDDED_MAX_TOKENS,
     VERIFIER_DEFAULTS,
     VerifierTools,
     add_verifier_arguments,
@@ -53,8 +56,6 @@ from .verifier_args import (
 )
 
 SAMPLE_ROWS = 20  # solutions whose rationales go to W&B
-# Policy and critic tokens per answer on the embedded model (genprm.cli.resolve_defaults).
-EMBEDDED_MAX_TOKENS = 256
 
 
 def processbench_parser(subparsers) -> argparse.ArgumentParser:
@@ -67,8 +68,9 @@ def processbench_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument(
         "--data-dir",
-        default=str(DEFAULT_DATA_DIR),
-        help="folder of {split}.jsonl, or a Hugging Face dataset id (default: %(default)s)",
+        default=str(data_dir() / "processbench"),
+        help="folder of {split}.jsonl, or a Hugging Face dataset id (default: "
+        "$GENPRM_DATA_DIR/processbench, else ../shared/data/processbench: %(default)s)",
     )
     parser.add_argument(
         "--splits", default=",".join(SPLITS), help="comma-separated (default: %(default)s)"
@@ -122,7 +124,7 @@ def bon_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         type=Path,
-        default=DEFAULT_DATA_DIR.parent / "math500" / "test.jsonl",
+        default=data_dir() / "math500" / "test.jsonl",
         help="problems with reference answers, MATH-500/GSM8K JSONL (default: %(default)s)",
     )
     parser.add_argument("--samples", type=Path, help="use these samples instead of generating")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_refine(args)
     if args.command == "search":
         return run_search(search, args)
-    return runner.as_only_writer(args, lambda: _processbench(processbench, args))
+    return as_only_writer(args, lambda: _processbench(processbench, args))
 
 
 def _processbench(parser, args) -> int:
@@ -197,7 +199,7 @@ def _processbench(parser, args) -> int:
         print(f"genprm-eval: {error}", file=sys.stderr)
         return 2
     if not any(rows.values()):
-        return runner.nothing_selected(f"{', '.join(rows)} of {args.data_dir}", args.limit)
+        return nothing_selected(f"{', '.join(rows)} of {args.data_dir}", args.limit)
     if args.predictions:
         return _score_file(args, rows)
     return _evaluate(parser, args, rows)
@@ -224,8 +226,8 @@ def _score_file(args, rows) -> int:
     settings = {"predictions": str(args.predictions), **_data_settings(args)}
     try:
         # A model run's folder (or one scored with other settings) is not overwritten.
-        if any((args.out / name).exists() for name in (runner.SETTINGS, runner.PREDICTIONS)):
-            runner.check_settings(args.out, settings)
+        if any((args.out / name).exists() for name in (SETTINGS, runner.PREDICTIONS)):
+            check_settings(args.out, settings)
         metrics, problems = score_predictions(args.predictions, rows)
     except (OSError, ValueError) as error:
         print(f"genprm-eval: {error}", file=sys.stderr)
@@ -306,8 +308,8 @@ def _score_pending(parser, args, pending) -> int:
         engine_options(parser, args),
         sandbox=args.verifier == "genprm" and args.mode in CODE_MODES,
     )
-    write = runner.appender(args.out / runner.PREDICTIONS)
-    progress = runner.StepProgress(len(pending), "solution", "processbench")
+    write = appender(args.out / runner.PREDICTIONS)
+    progress = StepProgress(len(pending), "solution", "processbench")
     started = time.monotonic()
     ray = ray_options(args)
     if ray is None:
@@ -320,7 +322,6 @@ def _score_pending(parser, args, pending) -> int:
         )
     else:
         with RayPool(ray, make_tools, tp=args.tp) as pool:
-            pool.start()
             score = on_actors(pool, partial(runner.score_rows, args))
             asyncio.run(score(pending, write, progress))
             usage = f"{len(pool.actors)} Ray actors"
@@ -350,25 +351,20 @@ def _finish(args, metrics: dict, settings: dict) -> None:
 def _log_to_wandb(args, metrics: dict, settings: dict) -> None:
     import wandb
 
-    run = wandb.init(project=args.wandb_project, config=settings, dir=str(args.out))
-    try:
+    with wandb_run(args.wandb_project, settings, args.out) as run:
         flat = {f"{split}/{k}": v for split, m in metrics["splits"].items() for k, v in m.items()}
         run.log({**flat, "average_f1": metrics["average_f1"]})
         run.log({"f1_per_split": wandb.Image(str(args.out / "f1_per_split.png"))})
-        predictions = args.out / runner.PREDICTIONS
-        if predictions.exists():
+        records = read_results(args.out / runner.PREDICTIONS)
+        if records:
             table = wandb.Table(columns=["id", "split", "label", "prediction", "step", "turn"])
-            lines = predictions.read_text(encoding="utf-8").splitlines()
-            for line in lines[:SAMPLE_ROWS]:
-                record = json.loads(line)
+            for record in records[:SAMPLE_ROWS]:
                 for step, turn in enumerate(record.get("turns") or record.get("critiques") or []):
                     table.add_data(
                         record["id"], record["split"], record["label"], record["prediction"],
                         step, turn,
                     )  # fmt: skip
             run.log({"sample_rationales": table})
-    finally:
-        run.finish()
 
 
 if __name__ == "__main__":

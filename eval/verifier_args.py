@@ -50,6 +50,7 @@ from genprm.verifier import (
 # The embedded 135M model fills any budget it gets: 2048 tokens a step would take it an hour
 # on a laptop for two solutions (genprm.cli.resolve_defaults).
 EMBEDDED_BUDGET = 96
+EMBEDDED_MAX_TOKENS = 256  # policy and critic tokens per answer on the embedded model
 VERIFIER_DEFAULTS = {**ENGINE_DEFAULTS, "budget": (BUDGET, EMBEDDED_BUDGET)}
 
 
@@ -155,7 +156,8 @@ class VerifierTools:
     """What a scoring command works with, made from the flags' engine options (here, or in
     each Ray actor): ``engine``, ``policy_engine`` (``engine`` itself without
     ``policy_options``), a ``sandbox`` when asked for (code modes and answer grading) and,
-    for ``--verifier genprm``, the ``verifier``. Close it (or use ``with``)."""
+    for ``--verifier genprm``, the ``verifier`` (its requests seeded with ``seed``, if given).
+    Close it (or use ``with``)."""
 
     def __init__(
         self,
@@ -164,6 +166,7 @@ class VerifierTools:
         policy_options: dict | None = None,
         *,
         sandbox: bool = True,
+        seed: int | None = None,
     ):
         from genprm.backends import make_engine
         from genprm.sandbox import Sandbox
@@ -178,8 +181,7 @@ class VerifierTools:
             if sandbox:
                 self.sandbox = Sandbox(workers=args.sandbox_workers, bwrap=args.bwrap)
             if getattr(args, "verifier", "genprm") == "genprm":
-                # unseeded, as in processbench
-                self.verifier = make_verifier(args, self.engine, self.sandbox)
+                self.verifier = make_verifier(args, self.engine, self.sandbox, seed)
         except BaseException:
             self.close()
             raise

@@ -7,7 +7,7 @@ import argparse
 import math
 
 from .backends import Engine, make_engine
-from .backends.openai_engine import RETRIES, TIMEOUT_S
+from .backends.openai_transport import RETRIES, TIMEOUT_S
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

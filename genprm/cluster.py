@@ -319,10 +319,15 @@ class RayPool:
 def on_actors(pool: RayPool, job: Callable, key: Callable[[Any], Hashable] | None = None):
     """``job(tools, items, write, progress)`` (a coroutine function that writes results with
     ``write`` and counts them with ``progress``) made to run on ``pool``'s actors: the
-    returned ``async (items, write, progress)`` runs each shard there, and replays the shard's
-    ``write`` and ``progress`` calls here, in their order, once the shard is finished."""
+    returned ``async (items, write, progress)`` starts the pool (on the calling thread, where
+    Ray wants it), runs each shard there, and replays the shard's ``write`` and ``progress``
+    calls here, in their order, once the shard is finished."""
 
     async def run(items: Sequence[Any], write: Callable, progress: Callable = lambda *_: None):
+        if not items:
+            return
+        pool.start()  # here, on the event loop's thread: map runs in a worker thread
+
         def replay(calls: list[tuple[str, tuple]]) -> None:
             for name, values in calls:
                 (write if name == "write" else progress)(*values)

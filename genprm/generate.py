@@ -34,16 +34,10 @@ from .cli import (
     engine_options,
     resolve_defaults,
 )
+from .jsonl import InputError
 from .lifetime import command
 from .paths import OutputBusy, claim_output, cut_torn_line, write_atomically
-
-
-class InputError(ValueError):
-    pass
-
-
-class ResumeError(ValueError):
-    """The output file cannot be continued by this run."""
+from .runs import ResumeError
 
 
 def read_prompts(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Where genprm keeps what it generates: ``$GENPRM_CACHE_DIR``, else ``~/.cache/genprm``."""
+"""Where genprm keeps what it generates (``$GENPRM_CACHE_DIR``, else ``~/.cache/genprm``) and
+where it reads the benchmark data by default (``$GENPRM_DATA_DIR``, else ``../shared/data``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def cache_dir() -> Path:
     """The cache root (converted models, tokenizers, data, logs, vLLM's compile cache)."""
     root = os.environ.get("GENPRM_CACHE_DIR") or Path.home() / ".cache" / "genprm"
     return Path(root).expanduser().resolve()
+
+
+def data_dir() -> Path:
+    """The folder of the datasets the commands default to (``processbench/``, ``math500/``,
+    ``gsm8k/``): ``$GENPRM_DATA_DIR``, else ``../shared/data`` from the current directory (a
+    clone beside ``shared/``), made absolute. Never relative to the installed package, which in
+    a non-editable install lies in site-packages."""
+    return Path(os.environ.get("GENPRM_DATA_DIR") or "../shared/data").expanduser().resolve()
 
 
 def default_model_path() -> Path:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from eval.bon.aggregate import AGGREGATIONS
+from genprm.aggregate import AGGREGATIONS
 from genprm.verifier import AMBIGUITY, BUDGET, DEFAULT_HISTORY, HISTORIES, MODES, PROMPT_STYLES
 
 

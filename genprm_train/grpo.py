@@ -1,6 +1,6 @@
 """GRPO prompts from math problems: ``python -m genprm_train.grpo INPUT OUTPUT.jsonl``.
 
-Reads what ``data_synthesis.problems`` reads (GSM8K or MATH-500 JSONL, parquet, a saved HF
+Reads what ``genprm.problems`` reads (GSM8K or MATH-500 JSONL, parquet, a saved HF
 dataset or a hub id) and writes one line per problem for an axolotl ``rl: grpo`` dataset with
 no ``type:`` (axolotl takes such rows as they are):
 ``{"id", "prompt": [system, user], "problem", "answer"}``. The prompt is the policy prompt of
@@ -19,8 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from data_synthesis.problems import ProblemFields, load_problems
 from genprm.format import SYSTEM_POLICY
+from genprm.problems import ProblemFields, load_problems
 
 
 def grpo_row(record: dict) -> dict:

@@ -3,7 +3,7 @@
 OpenAI-compatible servers, configured by the YAML's ``genprm_reward:`` block (GenPRMPlugin).
 
 A completion's reward is its step rewards aggregated (last, min, mean or product; see
-``eval.bon.aggregate``), plus ``outcome_weight`` when an ``answer_column`` is set and
+``genprm.aggregate``), plus ``outcome_weight`` when an ``answer_column`` is set and
 math-verify (in the sandbox) finds its last ``\\boxed{}`` equal to that column's reference.
 Steps are split as the policy writes them (``"Step k: ..."``, ``genprm.steps``); a completion
 with no step, or whose steps do not fit the verifier's context, gets ``unscorable_reward`` as
@@ -29,10 +29,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from data_synthesis.policy import AnswerGrader
-from eval.bon.aggregate import AGGREGATIONS, aggregate
+from genprm.aggregate import AGGREGATIONS, aggregate
 from genprm.backends import Engine, EngineError, make_engine
 from genprm.grading import extract_boxed
+from genprm.policy import AnswerGrader
 from genprm.steps import split_policy_steps
 from genprm.verifier import CODE_MODES, GenPRMVerifier
 

@@ -1,5 +1,5 @@
-"""Shared fixtures (the embedded model's tokenizer, the Qwen2.5 tokenizer, ProcessBench rows)
-and the requirement markers.
+"""Shared fixtures (a module's sandbox, the embedded model's tokenizer, the Qwen2.5 tokenizer,
+ProcessBench rows, the session's vLLM servers) and the requirement markers.
 
 A test marked ``root``, ``bwrap``, ``vllm`` or ``vllm_server`` is skipped, with the reason, where
 that requirement is missing. Under CI (``$CI`` set) a missing requirement fails the test instead:
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.support.paths import REPO, SHARED_DATA
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
@@ -68,6 +67,18 @@ def pytest_runtest_setup(item):
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def sandbox(request):
+    """One sandbox for the whole test module: ``Sandbox()`` (two workers, a 5 s timeout), or
+    with the keywords of the module's ``sandbox`` marker
+    (``pytestmark = pytest.mark.sandbox(workers=1)``)."""
+    from genprm.sandbox import Sandbox
+
+    marker = request.node.get_closest_marker("sandbox")
+    with Sandbox(**(marker.kwargs if marker else {})) as shared:
+        yield shared
 
 
 @pytest.fixture(scope="session")

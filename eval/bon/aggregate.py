@@ -1,4 +1,4 @@
-"""Best-of-N arithmetic: per-sample aggregation of step rewards, selection, majority votes,
+"""Best-of-N arithmetic: selection, majority votes,
 pass@n and the averaging over random subsets of n samples. Pure functions, no I/O.
 
 A sample here is a dict with ``final_answer`` (str or None), ``correct`` (bool) and
@@ -14,30 +14,9 @@ import random
 from collections.abc import Sequence
 from itertools import combinations
 
-AGGREGATIONS = ("last", "min", "mean", "product")
+from genprm.aggregate import AGGREGATIONS, aggregate
+
 DEFAULT_SUBSETS = 32
-
-
-def aggregate(rewards: Sequence[float], how: str) -> float:
-    """One sample's reward from its step rewards; 0.0 when it has none.
-
-    >>> rewards = [0.9, 0.5, 0.8]
-    >>> [round(aggregate(rewards, how), 6) for how in AGGREGATIONS]
-    [0.8, 0.5, 0.733333, 0.36]
-    >>> [aggregate([], how) for how in AGGREGATIONS]
-    [0.0, 0.0, 0.0, 0.0]
-    """
-    if how not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, not {how!r}")
-    if not rewards:
-        return 0.0
-    if how == "last":
-        return float(rewards[-1])
-    if how == "min":
-        return float(min(rewards))
-    if how == "mean":
-        return sum(rewards) / len(rewards)
-    return math.prod(rewards)
 
 
 def n_values(largest: int) -> list[int]:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from genprm.paths import write_atomically
+from genprm.runs import write_files
 
 from .aggregate import AGGREGATIONS
 
@@ -54,11 +54,7 @@ def write_report(
         REPORT: markdown(metrics, settings, title, list(notes)).encode(),
         CURVE: curve_png(metrics, title),
     }
-    paths = {}
-    for name, data in contents.items():
-        paths[name] = Path(out_dir) / name
-        write_atomically(paths[name], data)
-    return paths
+    return write_files(Path(out_dir), contents)
 
 
 def markdown(metrics: dict, settings: dict, title: str, notes: list[str]) -> str:

@@ -22,18 +22,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+from eval.commands import StepProgress, as_only_writer, nothing_selected
 from eval.processbench.critic import critic_verdict
-from eval.processbench.runner import (
-    StepProgress,
-    appender,
-    as_only_writer,
-    check_settings,
-    nothing_selected,
-    write_settings,
-)
 from eval.verifier_args import VerifierTools, verifier_settings
 from genprm.backends.types import EngineError
-from genprm.paths import cut_torn_line
+from genprm.runs import appender, prepare, read_results, wandb_run
 
 from . import samples as bon_samples
 from .aggregate import compute_metrics
@@ -49,17 +42,13 @@ FREE_SETTINGS = ("subsets",)
 def start(out: Path, settings: dict) -> None:
     """Prepare ``out`` for a run with ``settings``; ResumeError when it holds work done with
     other settings."""
-    out.mkdir(parents=True, exist_ok=True)
-    if any((out / name).exists() and (out / name).stat().st_size for name in (SAMPLES, SCORES)):
-        check_settings(out, settings, FREE_SETTINGS)
-    write_settings(out, settings)
+    prepare(out, settings, (SAMPLES, SCORES), FREE_SETTINGS)
 
 
 def scored(out: Path) -> dict[str, dict]:
     """The score lines already in ``out/scores.jsonl``, by sample id (a torn last line is
     cut off first)."""
-    lines = cut_torn_line(out / SCORES).decode("utf-8").splitlines()
-    return {record["id"]: record for record in map(json.loads, filter(None, lines))}
+    return {record["id"]: record for record in read_results(out / SCORES)}
 
 
 def to_score(samples: Sequence[dict], done: dict[str, dict]) -> list[dict]:
@@ -231,7 +220,7 @@ def run_command(parser, args) -> int:
 
 
 def _run(parser, args) -> int:
-    from data_synthesis.problems import ProblemFields, load_problems
+    from genprm.problems import ProblemFields, load_problems
 
     settings = command_settings(args)
     n = args.n or DEFAULT_N
@@ -339,7 +328,7 @@ async def collect(
 async def generate_shard(args, n: int, tools, problems, write, progress) -> None:
     """``n`` graded samples of each of ``problems`` from ``tools``' policy engine (here, or in
     a Ray actor)."""
-    from data_synthesis.policy import AnswerGrader
+    from genprm.policy import AnswerGrader
 
     params = bon_samples.policy_params(n, args.temperature, args.max_tokens, args.seed)
     await bon_samples.generate(
@@ -361,9 +350,9 @@ async def score_shard(args, tools, samples, write, progress) -> None:
 
 def _work(parser, args, n: int, problems: list, samples: list) -> list:
     """Start the engines and the sandbox (here, or in each Ray actor), then :func:`collect`."""
-    from data_synthesis.policy import AnswerGrader
     from genprm.cli import engine_options, policy_engine_options
     from genprm.cluster import RayPool, on_actors, ray_options
+    from genprm.policy import AnswerGrader
     from genprm.sandbox import Sandbox
 
     policy = policy_engine_options(parser, args) if problems else None
@@ -385,7 +374,6 @@ def _work(parser, args, n: int, problems: list, samples: list) -> list:
     # given samples may need grading (math-verify, in a sandbox of this process)
     ungraded = any(sample.get("correct") is None for sample in samples)
     with RayPool(ray, make_tools, tp=args.tp) as pool:
-        pool.start()
         sandbox = Sandbox(workers=1, bwrap=args.bwrap) if ungraded else None
         try:
             return asyncio.run(
@@ -408,8 +396,7 @@ def _problem(sample: dict) -> str:
 def _log_to_wandb(args, metrics: dict, settings: dict) -> None:
     import wandb
 
-    run = wandb.init(project=args.wandb_project, config=settings, dir=str(args.out))
-    try:
+    with wandb_run(args.wandb_project, settings, args.out) as run:
         for row, n in enumerate(metrics["n"]):
             values = {"n": n, "pass_at_n": metrics["pass_at_n"][row]}
             values["majority"] = metrics["majority"][row]
@@ -418,5 +405,3 @@ def _log_to_wandb(args, metrics: dict, settings: dict) -> None:
             run.log(values)
         run.summary["single_sample"] = metrics["single_sample"]
         run.log({"bon_curve": wandb.Image(str(args.out / CURVE))})
-    finally:
-        run.finish()

@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_synthesis.policy import AnswerGrader, policy_context, policy_request
 from genprm.backends.types import Engine, SamplingParams
 from genprm.grading import extract_boxed
-from genprm.paths import cut_torn_line, write_atomically
+from genprm.paths import write_atomically
+from genprm.policy import AnswerGrader, policy_context, policy_request
+from genprm.runs import read_results
 from genprm.steps import split_paragraphs
 
 SAMPLES = "samples.jsonl"
@@ -110,10 +111,8 @@ def generated_problems(path: Path, n: int) -> dict[str, list[dict]]:
     """The problems whose ``n`` samples are all in ``path`` (from an earlier run), by id.
     A torn last line and the lines of incomplete problems are removed from the file."""
     by_problem: dict[str, list[dict]] = {}
-    for line in cut_torn_line(path).decode("utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_problem.setdefault(record["problem_id"], []).append(record)
+    for record in read_results(path):
+        by_problem.setdefault(record["problem_id"], []).append(record)
     complete = {pid: records for pid, records in by_problem.items() if len(records) == n}
     if len(complete) != len(by_problem):
         kept = b"".join(sample_line(r) for records in complete.values() for r in records)

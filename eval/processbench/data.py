@@ -12,8 +12,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from genprm.paths import data_dir
+
 SPLITS = ("gsm8k", "math", "olympiadbench", "omnimath")
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "processbench"
+DEFAULT_DATA_DIR = data_dir() / "processbench"  # $GENPRM_DATA_DIR/processbench
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from genprm.paths import write_atomically
+from genprm.runs import write_files
 
 from .data import SPLITS, Row
 from .metrics import score
@@ -62,11 +62,7 @@ def write_report(
         "report.md": _markdown(metrics, rows, settings, title, notes).encode(),
         "f1_per_split.png": _chart_png(metrics, title),
     }
-    paths = {}
-    for name, data in contents.items():
-        paths[name] = Path(out_dir) / name
-        write_atomically(paths[name], data)
-    return paths
+    return write_files(Path(out_dir), contents)
 
 
 def _chart_png(metrics: dict, title: str) -> bytes:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from eval.bon.aggregate import DEFAULT_SUBSETS
 from eval.bon.report import CURVE, REPORT, text_table
-from eval.processbench.data import DEFAULT_DATA_DIR
-from eval.processbench.runner import appender, as_only_writer, nothing_selected
+from eval.commands import as_only_writer, nothing_selected
 from eval.verifier_args import (
     VERIFIER_DEFAULTS,
     VerifierTools,
@@ -27,6 +26,8 @@ from eval.verifier_args import (
 )
 from genprm.backends import EngineError
 from genprm.cli import add_engine_arguments, add_policy_engine_arguments
+from genprm.paths import data_dir
+from genprm.runs import appender
 
 from . import runner
 from .tree import METHODS, check
@@ -56,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input",
         type=Path,
-        default=DEFAULT_DATA_DIR.parent / "math500" / "test.jsonl",
+        default=data_dir() / "math500" / "test.jsonl",
         help="problems with reference answers, MATH-500/GSM8K JSONL (default: %(default)s)",
     )
     parser.add_argument("--limit", type=int, help="the first N problems")
@@ -144,7 +145,7 @@ def run_search(parser, args) -> int:
 
 
 def _run(parser, args) -> int:
-    from data_synthesis.problems import ProblemFields, load_problems
+    from genprm.problems import ProblemFields, load_problems
 
     settings = command_settings(args)
     try:
@@ -228,9 +229,9 @@ def _work(parser, args, settings: dict, problems: list, pending: list) -> list[d
     ``--compare-bon``) the equal-budget Best-of-N; its samples."""
     from tqdm import tqdm
 
-    from data_synthesis.policy import AnswerGrader
     from eval.bon.samples import policy_params
     from genprm.cli import engine_options, policy_engine_options
+    from genprm.policy import AnswerGrader
 
     tools = VerifierTools(args, engine_options(parser, args), policy_engine_options(parser, args))
     with tools:

@@ -26,8 +26,7 @@ from eval.bon import runner as bon_runner
 from eval.bon import samples as bon_samples
 from eval.bon.aggregate import compute_metrics
 from eval.bon.report import CURVE, METRICS, REPORT, columns, curve_png, markdown
-from eval.processbench.runner import appender, check_settings, write_settings
-from genprm.paths import cut_torn_line, write_atomically
+from genprm.runs import appender, prepare, read_results, write_files
 
 from .solutions import ProblemSearch, sample_record
 
@@ -38,23 +37,12 @@ BON_DIR = "bon"
 def start(out: Path, settings: dict) -> None:
     """Prepare ``out`` for a run with ``settings``; ResumeError when it holds searches done
     with other settings."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / SEARCH).exists() and (out / SEARCH).stat().st_size:
-        check_settings(out, settings)
-    write_settings(out, settings)
+    prepare(out, settings, (SEARCH,))
 
 
 def searched(out: Path) -> dict[str, dict]:
     """The problems already searched in ``out``, by id (a torn last line is cut off first)."""
-    lines = cut_torn_line(out / SEARCH).decode("utf-8").splitlines()
-    records = {}
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"{out / SEARCH}:{number}: not JSON ({error})") from None
-        records[record["problem_id"]] = record
-    return records
+    return {record["problem_id"]: record for record in read_results(out / SEARCH)}
 
 
 async def search_problems(
@@ -241,8 +229,7 @@ def finish(
         REPORT: report.encode(),
         CURVE: curve_png(metrics, title),
     }
-    for name, data in contents.items():
-        write_atomically(out / name, data)
+    write_files(out, contents)
     return metrics
 
 

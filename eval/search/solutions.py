@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 
-from data_synthesis.policy import policy_context, policy_request
-from data_synthesis.stage import StageError
-from genprm.backends.types import Engine, Sample, SamplingParams
+from genprm.backends.types import ContextTooLong, Engine, Sample, SamplingParams
 from genprm.grading import extract_boxed
+from genprm.policy import policy_context, policy_request
 from genprm.steps import strip_step_prefix
-from genprm.verifier import ContextTooLong, GenPRMVerifier, VerifierState
+from genprm.verifier import GenPRMVerifier, VerifierState
 
 from .tree import Final, search
 
@@ -100,7 +99,7 @@ class ProblemSearch:
         text = self.context + prompt_tail(parent.steps)
         try:
             request = policy_request(self.policy, text, replace(self.params, n=width))
-        except StageError:
+        except ContextTooLong:
             parent.finish = "context"
             return []
         completion = await self.policy.agenerate(request)

@@ -1,42 +1,32 @@
 """The HTTP engine: any OpenAI-compatible ``/v1/completions`` server (vLLM, SGLang), one or many.
 
-Requests go to the least busy server, at most ``max_concurrency`` times the number of
-servers in flight at a time.
-Connection errors, timeouts, 429 and 5xx are retried with exponential backoff (on another
-server when there is one; a ``Retry-After`` answer lengthens the wait, up to ``max_backoff_s``);
-other 4xx fail at once with the server's message. The API key comes from the environment and is
-never logged.
-
-A request with no answer for ``timeout_s`` (of a streamed one: no new bytes) is given up and
-retried. A non-streamed answer comes whole, after the whole generation, so that limit is long;
-a hung server is found sooner: after ``WAIT_NOTICE_S`` without an answer the engine says so,
-naming the server, and asks it for ``/v1/models``; a server that answers that neither (stopped,
-cut off) is given up on at once. Every retry is logged with its server and reason.
+Which server gets a request, retries and hung servers are :mod:`.openai_transport`'s. The API
+key comes from the environment.
 
 vLLM's extensions are used where a server accepts them: generated token ids
 (``return_token_ids``, ``return_tokens_as_token_ids``), ``include_stop_str_in_output`` with the
 ``stop_reason`` of each sample, ``top_k``, prefix-cache hits. A server that rejects a field as an
 unknown argument (as OpenAI's API does) is asked again without it and never sent it again; what
 the field did is emulated: token ids come from the local tokenizer, and stop strings are applied
-on the client, as vLLM applies them, over a streamed response closed at the first match. A
-setting that cannot be emulated (``top_k``, ``seed``) is ignored with a warning, once per engine.
+on the client, as vLLM applies them, over a streamed response closed at the first match
+(:mod:`.stop_strings`). A setting that cannot be emulated (``top_k``, ``seed``) is ignored with a
+warning, once per engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import json
 import logging
-import math
 import os
 import re
 import threading
-import time
 
 import httpx
 
+from .openai_transport import RETRIES, TIMEOUT_S, Rejected, Server, ServerPool
+from .stop_strings import StreamedChoice, read_stream
 from .types import (
     Completion,
     Engine,
@@ -50,16 +40,6 @@ from .types import (
 
 LOG = logging.getLogger(__name__)
 _TOKEN_ID_PREFIX = "token_id:"
-# A server that just failed gets requests only when every other one failed recently too;
-# after this long it is tried like the others again (it may have been restarted).
-FAILURE_COOLDOWN_S = 30.0
-TIMEOUT_S = 600.0
-"""Seconds a request may wait for an answer (a long generation on a busy server takes minutes)."""
-RETRIES = 3
-WAIT_NOTICE_S = 30.0
-"""A request unanswered this long is announced (once per server in this time) and its server
-asked whether it still answers at all, within ``PROBE_TIMEOUT_S``."""
-PROBE_TIMEOUT_S = 10.0
 # Fields outside the core OpenAI completions API that a server may refuse.
 OPTIONAL_FIELDS = (
     "return_token_ids",
@@ -75,29 +55,18 @@ _UNKNOWN_ARGUMENT = re.compile(
     r"|not supported|unsupported",
     re.IGNORECASE,
 )
-_sleep = asyncio.sleep  # the backoff's clock; tests replace it
-
-
-class _Transient(Exception):
-    """A failure worth retrying (on another server when there is one)."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _Learned(Exception):
     """The server turned out to lack a feature the request used; build it again."""
 
 
-class _Server:
+class _OpenAIServer(Server):
+    """A server, and which of the optional fields it turned out to take."""
+
     def __init__(self, base_url: str):
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
-        self.in_flight = 0
+        super().__init__(base_url)
         self.completed = 0
-        self.failed_at = -FAILURE_COOLDOWN_S
         self.accepted: set[str] = set()
         """Optional fields this server has answered a request with."""
         self.unsupported: set[str] = set()
@@ -106,18 +75,6 @@ class _Server:
         """False once a response lacked ``stop_reason`` (which stop string ended a sample)."""
         self.probing = asyncio.Lock()
         """Held while a request finds out about fields new to this server."""
-        self.checking = asyncio.Lock()
-        """Held while a waiting request asks whether the server still answers."""
-        self.answered_at = -math.inf
-        """When the server last answered: a request, or whether it still answers."""
-        self.silent_at = -math.inf
-        """When the server last did not answer whether it still answers."""
-        self.noticed_at = -math.inf
-        """When the engine last said it was waiting on this server."""
-
-    @property
-    def failing(self) -> bool:
-        return time.monotonic() - self.failed_at < FAILURE_COOLDOWN_S
 
     def untested(self, body: dict) -> set[str]:
         return {f for f in OPTIONAL_FIELDS if f in body} - self.accepted
@@ -163,34 +120,23 @@ class OpenAIEngine(Engine):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ValueError("give at least one base URL")
-        self.servers = [_Server(url) for url in urls]
-        self._turn = 0
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-        self.max_backoff_s = max_backoff_s
+        self.servers = [_OpenAIServer(url) for url in urls]
         self._warned: set[str] = set()
         api_key = os.environ.get(api_key_env)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="genprm-openai", daemon=True
         )
         self._thread.start()
         self._closed = False
-        self._slots: asyncio.Semaphore | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._pool: ServerPool | None = None
 
         async def start() -> tuple[str, str]:
-            self._slots = asyncio.Semaphore(max_concurrency * len(self.servers))
-            # one connection more per server: asking a busy server whether it still answers
-            limits = httpx.Limits(max_connections=(max_concurrency + 1) * len(self.servers))
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(timeout_s, connect=10.0),
-                limits=limits,
-                transport=transport,
-            )
+            self._pool = ServerPool(
+                self.servers, api_key=api_key, max_concurrency=max_concurrency,
+                retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                timeout_s=timeout_s, transport=transport,
+            )  # fmt: skip
             return await self._check_health(model)
 
         try:
@@ -211,16 +157,7 @@ class OpenAIEngine(Engine):
     async def _check_health(self, model: str | None) -> tuple[str, str]:
         """Every server answers /v1/models and serves the model; returns (model name, its path
         on the first server)."""
-        failures, listed = [], {}
-        for server in self.servers:
-            try:
-                response = await self._client.get(f"{server.base_url}/models", timeout=10.0)
-                response.raise_for_status()
-                listed[server.base_url] = {m["id"]: m for m in response.json()["data"]}
-            except (httpx.HTTPError, KeyError, TypeError, ValueError) as error:
-                failures.append(f"{server.base_url}: {_describe(error)}")
-        if failures:
-            raise EngineError("server health check failed: " + "; ".join(failures))
+        listed = await self._pool.models()
         first = self.servers[0].base_url
         if not listed[first]:
             raise EngineError(f"{first} serves no model")
@@ -266,44 +203,10 @@ class OpenAIEngine(Engine):
             future: concurrent.futures.Future = concurrent.futures.Future()
             future.set_exception(EngineError("the openai engine is closed"))
             return future
-        return asyncio.run_coroutine_threadsafe(self._complete(request), self._loop)
+        attempts = self._pool.call(lambda server: self._attempt(server, request))
+        return asyncio.run_coroutine_threadsafe(attempts, self._loop)
 
-    async def _complete(self, request: Request) -> Completion:
-        last_error, delay = "", 0.0
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await _sleep(delay)
-            async with self._slots:
-                server = self._pick()
-                server.in_flight += 1
-                try:
-                    return await self._attempt(server, request)
-                except _Transient as error:
-                    last_error = f"{server.base_url}: {error}"
-                    delay = self._backoff(attempt, error.retry_after)
-                    if attempt < self.retries:
-                        LOG.warning(
-                            "waiting on %s (retry %d/%d)", last_error, attempt + 1, self.retries
-                        )
-                finally:
-                    server.in_flight -= 1
-        LOG.warning("giving up on a request after %d attempts: %s", self.retries + 1, last_error)
-        raise EngineError(
-            f"no server answered after {self.retries + 1} attempts; last: {last_error}"
-        )
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        delay = self.backoff_s * 2**attempt
-        return min(max(delay, retry_after or 0.0), self.max_backoff_s)
-
-    def _pick(self) -> _Server:
-        """Not recently failed first, then least busy, ties taken in turn."""
-        self._turn += 1
-        count = len(self.servers)
-        order = {id(s): (i - self._turn) % count for i, s in enumerate(self.servers)}
-        return min(self.servers, key=lambda s: (s.failing, s.in_flight, order[id(s)]))
-
-    async def _attempt(self, server: _Server, request: Request) -> Completion:
+    async def _attempt(self, server: _OpenAIServer, request: Request) -> Completion:
         """One answer from ``server``, asking again as often as it turns out to lack a field.
         Requests with fields new to the server go one at a time, so each field is refused at
         most once per server."""
@@ -311,14 +214,14 @@ class OpenAIEngine(Engine):
             body, stream = self._body(request, server)
             try:
                 if not server.untested(body):
-                    return await self._send(server, request, body, stream)
+                    return await self._exchange(server, request, body, stream)
                 async with server.probing:
                     if server.untested(body) and (body, stream) == self._body(request, server):
-                        return await self._send(server, request, body, stream)
+                        return await self._exchange(server, request, body, stream)
             except _Learned:
                 pass
 
-    def _body(self, request: Request, server: _Server) -> tuple[dict, bool]:
+    def _body(self, request: Request, server: _OpenAIServer) -> tuple[dict, bool]:
         """The request body for ``server``, and whether to stream it (client-side stops)."""
         params = request.params
         stream = server.client_stops(params)
@@ -353,119 +256,48 @@ class OpenAIEngine(Engine):
                 self._warn_ignored(server, field, value)
         return body, stream
 
-    def _warn_ignored(self, server: _Server, field: str, value) -> None:
+    def _warn_ignored(self, server: _OpenAIServer, field: str, value) -> None:
         if field not in self._warned:
             self._warned.add(field)
             LOG.warning(
                 "%s does not support %s: %s=%r is ignored", server.base_url, field, field, value
             )
 
-    async def _send(
-        self, server: _Server, request: Request, body: dict, stream: bool
-    ) -> Completion:
-        """:meth:`_exchange`, watched until the answer starts: the server must still answer."""
-        answered = asyncio.Event()
-        exchange = asyncio.ensure_future(self._exchange(server, request, body, stream, answered))
-        started = time.monotonic()
-        try:
-            while not (await asyncio.wait([exchange], timeout=WAIT_NOTICE_S))[0]:
-                if answered.is_set():  # streaming: the read timeout covers the gaps
-                    return await exchange
-                waited = time.monotonic() - started
-                self._notice(server, waited)
-                if not await self._answers(server):
-                    server.failed_at = time.monotonic()
-                    raise _Transient(
-                        f"no answer for {waited:.0f} s, nor to {server.base_url}/models"
-                    )
-            return exchange.result()
-        finally:
-            exchange.cancel()
-
-    def _notice(self, server: _Server, waited: float) -> None:
-        now = time.monotonic()
-        if now - server.noticed_at >= WAIT_NOTICE_S:
-            server.noticed_at = now
-            LOG.warning(
-                "waiting on %s: no answer for %.0f s (%d requests there; one gives up after %g s)",
-                server.base_url, waited, server.in_flight, self.timeout_s,
-            )  # fmt: skip
-
-    async def _answers(self, server: _Server) -> bool:
-        """Whether the server answers ``/models`` now; its waiting requests share one asking."""
-        async with server.checking:
-            now = time.monotonic()
-            if now - server.answered_at < WAIT_NOTICE_S:
-                return True
-            if now - server.silent_at < WAIT_NOTICE_S:
-                return False
-            try:
-                url = f"{server.base_url}/models"
-                response = await self._client.get(url, timeout=PROBE_TIMEOUT_S)
-                answers = response.status_code < 500
-            except httpx.HTTPError:
-                answers = False
-            if answers:
-                server.answered_at = time.monotonic()
-            else:
-                server.silent_at = time.monotonic()
-            return answers
-
     async def _exchange(
-        self, server: _Server, request: Request, body: dict, stream: bool, answered: asyncio.Event
+        self, server: _OpenAIServer, request: Request, body: dict, stream: bool
     ) -> Completion:
-        url = f"{server.base_url}/completions"
+        read = (lambda response: read_stream(response, request.params)) if stream else _payload
         try:
-            async with self._client.stream("POST", url, json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    self._refused(server, response, body)
-                server.failed_at = -FAILURE_COOLDOWN_S
-                server.answered_at = time.monotonic()
-                answered.set()
-                if stream:
-                    choices = await self._read_stream(response, request.params)
-                else:
-                    payload = json.loads(await response.aread())
-        except httpx.ReadTimeout as error:
-            server.failed_at = time.monotonic()
-            raise _Transient(f"ReadTimeout: no answer for {self.timeout_s:g} s") from error
-        except httpx.TransportError as error:  # connection refused or reset, other timeouts
-            server.failed_at = time.monotonic()
-            raise _Transient(_describe(error)) from error
-        except (LookupError, TypeError, ValueError) as error:
-            raise EngineError(f"{url} sent an unreadable completion: {error!r}") from error
-        server.accepted |= server.untested(body)
-        try:
+            answer = await self._pool.send(server, body, read)
+            server.accepted |= server.untested(body)
             if stream:
-                completion = self._streamed_completion(choices, request)
+                completion = self._streamed_completion(answer, request)
             else:
-                completion = self._completion(payload, request, server)
+                completion = self._completion(answer, request, server)
+        except Rejected as rejected:
+            self._learn(server, rejected, body)
+            raise
         except (LookupError, TypeError, ValueError) as error:
+            url = f"{server.base_url}/completions"
             raise EngineError(f"{url} sent an unreadable completion: {error!r}") from error
         server.completed += 1
         return completion
 
-    def _refused(self, server: _Server, response: httpx.Response, body: dict) -> None:
-        """Raises what an HTTP error answer means: retry, ask again without a field, or fail."""
-        status, message = response.status_code, _message(response)
-        if status == 429 or status >= 500:
-            if status >= 500:
-                server.failed_at = time.monotonic()
-            raise _Transient(f"HTTP {status} {message}", _retry_after(response))
-        server.failed_at = -FAILURE_COOLDOWN_S
+    def _learn(self, server: _OpenAIServer, rejected: Rejected, body: dict) -> None:
+        """Raises _Learned where the server refused optional fields of ``body`` as unknown
+        arguments."""
+        message = rejected.message
         named = {f for f in OPTIONAL_FIELDS if f in body and re.search(rf"\b{f}\b", message)}
-        if status in (400, 422) and named and _UNKNOWN_ARGUMENT.search(message):
+        if rejected.status in (400, 422) and named and _UNKNOWN_ARGUMENT.search(message):
             server.unsupported |= named
             LOG.info(
                 "%s refuses %s: emulated or ignored", server.base_url, ", ".join(sorted(named))
             )
-            raise _Learned
-        raise EngineError(f"{server.base_url} rejected the request: HTTP {status} {message}")
+            raise _Learned from None
 
     # -- reading answers ----------------------------------------------------------------
 
-    def _completion(self, payload: dict, request: Request, server: _Server) -> Completion:
+    def _completion(self, payload: dict, request: Request, server: _OpenAIServer) -> Completion:
         choices = sorted(payload["choices"], key=lambda c: c["index"])
         if len(choices) != request.params.n:
             raise ValueError(f"asked for {request.params.n} samples, got {len(choices)}")
@@ -497,25 +329,7 @@ class OpenAIEngine(Engine):
             logprobs = self._positions(choice["logprobs"], token_ids, params.logprobs)
         return Sample(choice["text"], list(token_ids), finish, stop_reason, logprobs)
 
-    async def _read_stream(self, response: httpx.Response, params: SamplingParams):
-        """The choices of a streamed completion, read until every one has finished or hit a
-        stop string (the stream is closed then: the server stops generating)."""
-        choices = [_StreamedChoice(params.stop) for _ in range(params.n)]
-        async for line in response.aiter_lines():
-            data = line.removeprefix("data:").strip()
-            if not line.startswith("data:") or not data:
-                continue
-            if data == "[DONE]":
-                break
-            for choice in json.loads(data)["choices"]:
-                streamed = choices[choice["index"]]
-                if streamed.finish_reason is None:
-                    streamed.add(choice)
-            if all(c.finish_reason is not None for c in choices):
-                break
-        return choices
-
-    def _streamed_completion(self, choices: list[_StreamedChoice], request: Request):
+    def _streamed_completion(self, choices: list[StreamedChoice], request: Request):
         samples = []
         for choice in choices:
             if choice.finish_reason not in ("stop", "length"):
@@ -577,54 +391,11 @@ class OpenAIEngine(Engine):
         if self._closed:
             return
         self._closed = True
-        if self._client is not None:
-            self._call(self._client.aclose())
+        if self._pool is not None:
+            self._call(self._pool.aclose())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
-
-
-class _StreamedChoice:
-    """One sample of a streamed completion, its stop strings applied as vLLM applies them."""
-
-    def __init__(self, stop: tuple[str, ...]):
-        self.stop = stop
-        self.text = ""
-        self.logprobs: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": []}
-        self.finish_reason: str | None = None
-        self.stop_reason: str | None = None
-        self.stop_span = (0, 0)
-        """Where the matched stop string is in ``text``."""
-
-    def add(self, choice: dict) -> None:
-        delta = choice.get("text") or ""
-        self.text += delta
-        for key, values in (choice.get("logprobs") or {}).items():
-            if key in self.logprobs:
-                self.logprobs[key].extend(values)
-        match = find_stop(self.text, len(delta), self.stop)
-        if match:
-            self.stop_reason, self.stop_span = match
-            self.finish_reason = "stop"
-        elif choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-
-
-def find_stop(
-    text: str, new_chars: int, stop: tuple[str, ...]
-) -> tuple[str, tuple[int, int]] | None:
-    """The stop string that ends in the last ``new_chars`` characters of ``text``, and where it
-    is; as vLLM's ``check_stop_strings``: the one that ends first, ties in ``stop``'s order.
-
-    >>> find_stop("a</output>\\n```\\n", 6, ("\\n```\\n", "</output>\\n"))
-    ('</output>\\n', (1, 11))
-    """
-    best = None
-    for candidate in stop:
-        at = text.find(candidate, max(len(text) - new_chars - len(candidate) + 1, 0))
-        if at != -1 and (best is None or at + len(candidate) < best[1][1]):
-            best = (candidate, (at, at + len(candidate)))
-    return best
 
 
 def check_limits(**options) -> None:
@@ -638,31 +409,5 @@ def check_limits(**options) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, got {options[name]!r}")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """The server's ``Retry-After`` in seconds (a number or an HTTP date), if it sent one."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-def _message(response: httpx.Response) -> str:
-    """The server's error text, short (bodies of 4xx/5xx answers from vLLM are JSON)."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:500]
-    error = payload.get("error", payload) if isinstance(payload, dict) else payload
-    text = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-    return text[:500]
+async def _payload(response: httpx.Response) -> dict:
+    return json.loads(await response.aread())

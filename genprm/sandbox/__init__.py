@@ -10,5 +10,6 @@ from .errors import SandboxError
 from .pool import Sandbox
 from .result import STATUSES, ExecResult
 from .session import Session
+from .waits import MAX_TIMEOUT_S
 
-__all__ = ["STATUSES", "ExecResult", "Sandbox", "SandboxError", "Session"]
+__all__ = ["MAX_TIMEOUT_S", "STATUSES", "ExecResult", "Sandbox", "SandboxError", "Session"]

@@ -31,6 +31,7 @@ from .errors import SandboxError
 from .result import ExecResult
 from .session import Session
 from .uids import UidLease, UidRange
+from .waits import MAX_TIMEOUT_S, poll_ms
 
 LOG = logging.getLogger(__name__)
 OUTPUT_LIMIT = 1 << 20
@@ -145,8 +146,8 @@ class _WorkerHandle:
             if searched > self._reply_cap or remaining <= 0:
                 return None
             try:
-                if not self._poller.poll(remaining * 1000):
-                    return None
+                if not self._poller.poll(poll_ms(remaining)):
+                    continue
                 chunk = os.read(fd, 1 << 20)
             except OSError:  # close() closed the pipe under a request still waiting on it
                 return None
@@ -536,11 +537,14 @@ def _check_blocks(code: str, prelude) -> None:
 
 
 def _checked_timeout(timeout) -> float:
-    """A positive, finite number of seconds (a snippet never runs unbounded)."""
+    """A positive number of seconds up to MAX_TIMEOUT_S (a snippet never runs unbounded)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_S):
+        raise ValueError(
+            f"timeout must be a positive number of seconds, at most {MAX_TIMEOUT_S:g} "
+            f"(a day), not {timeout!r}"
+        )
     return float(timeout)
 
 

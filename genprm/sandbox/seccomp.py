@@ -1,9 +1,14 @@
-"""A seccomp filter that refuses setuid and setgid bits (ctypes: Python 3.11 has no binding).
+"""The snippet's seccomp filter (ctypes: Python 3.11 has no binding): no setuid or setgid bits,
+no kernel keys, no new namespaces, no Linux AIO, no vsock and no kernel device events.
 
 A snippet must not leave a setuid or setgid file behind anywhere, not even on its private
 tmpfs: such a file would run with the snippet's uid or gid for whoever executes it later.
 Dropped capabilities already keep the snippet from making one owned by anyone else; this filter
-keeps it from making one at all, whatever its owner.
+keeps it from making one at all, whatever its owner. The rest is a deny-list like Docker's
+default profile: kernel keyrings outlive the snippet (and may hold the host's secrets), a user
+namespace gives back every capability inside it, Linux AIO events and vsock sockets are
+machine-wide (vsock is not scoped to a network namespace), and uevent sockets hear the host's
+devices.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ SETID_BITS = 0o6000  # S_ISUID | S_ISGID
 # read; an io_uring can open and mkdir files without syscalls). ENOSYS, as from an older kernel,
 # makes libc and Python fall back to the plain syscalls; neither needs these.
 OPENAT2, IO_URING_SETUP = 437, 425
+CLONE3 = 435  # its flags are in a struct the filter cannot read: ENOSYS, and libc uses clone
+# Any CLONE_NEW* flag that clone(2) takes (its low byte is the exit signal, not CLONE_NEWTIME).
+CLONE_NEW_FLAGS = 0x7E020000
+AF_NETLINK, AF_VSOCK, NETLINK_KOBJECT_UEVENT = 16, 40, 15
+KEYCTL_JOIN_SESSION_KEYRING = 1
 # Per machine: the audit arch of its native syscalls and {syscall number: index of the mode
 # argument}. open and openat refuse the bits even without O_CREAT or O_TMPFILE, where the
 # kernel ignores the mode: libc passes 0 then, so only a hand-made call meets the refusal.
@@ -63,6 +73,28 @@ ARCHES = {
         },
     ),
 }
+# Per machine: the syscalls refused with EPERM whatever their arguments, and the numbers of
+# clone (refused with a CLONE_NEW* flag) and socket (refused for vsock and uevents).
+REFUSED = {
+    "x86_64": (
+        {
+            "add_key": 248, "request_key": 249, "keyctl": 250,
+            "unshare": 272, "setns": 308,
+            "io_setup": 206, "io_submit": 209,
+        },
+        56,
+        41,
+    ),
+    "aarch64": (
+        {
+            "add_key": 217, "request_key": 218, "keyctl": 219,
+            "unshare": 97, "setns": 268,
+            "io_setup": 0, "io_submit": 2,
+        },
+        220,
+        198,
+    ),
+}  # fmt: skip
 # On x86_64, syscall numbers with this bit are the x32 ABI's, reported with the native arch.
 X32_SYSCALL_BIT = 0x40000000
 
@@ -93,8 +125,27 @@ def _filter(machine: str) -> list[tuple[int, int, int, int]]:
     ]
     if machine == "x86_64":
         program += [(_JGE, 0, 1, X32_SYSCALL_BIT), refuse]
-    for number in (OPENAT2, IO_URING_SETUP):
+    for number in (OPENAT2, IO_URING_SETUP, CLONE3):
         program += [(_JEQ, 0, 1, number), (_RETURN, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS)]
+    refused, clone, socket = REFUSED[machine]
+    for number in refused.values():
+        program += [(_JEQ, 0, 1, number), refuse]
+    program += [
+        (_JEQ, 0, 4, clone),
+        (_LOAD, 0, 0, _ARGS),  # the flags
+        (_JSET, 0, 1, CLONE_NEW_FLAGS),
+        refuse,
+        allow,
+        (_JEQ, 0, 8, socket),
+        (_LOAD, 0, 0, _ARGS),  # the domain
+        (_JEQ, 0, 1, AF_VSOCK),
+        refuse,
+        (_JEQ, 0, 3, AF_NETLINK),
+        (_LOAD, 0, 0, _ARGS + 16),  # the protocol
+        (_JEQ, 0, 1, NETLINK_KOBJECT_UEVENT),
+        refuse,
+        allow,
+    ]
     for number, argument in modes.items():
         program += [
             (_JEQ, 0, 4, number),
@@ -106,13 +157,17 @@ def _filter(machine: str) -> list[tuple[int, int, int, int]]:
     return program + [allow]
 
 
-def refuse_setid_bits() -> None:
+def confine_syscalls() -> None:
     """From now on, this thread and every process it starts (across exec, for good) cannot
     create a file, folder or node with the setuid or setgid bit, nor give those bits to one:
     chmod, fchmod, fchmodat(2), creat, open(at), mkdir(at) and mknod(at) fail with EPERM when
-    their mode has either bit; openat2 and io_uring_setup fail with ENOSYS; x32 syscalls fail
-    with EPERM; a syscall of a foreign ABI (i386, arm32) kills the process. Everything else is
-    unchanged. Sets no_new_privs first, which the kernel requires without CAP_SYS_ADMIN.
+    their mode has either bit. add_key, request_key, keyctl, unshare, setns, io_setup and
+    io_submit fail with EPERM, and so do clone with any CLONE_NEW* flag and socket for
+    AF_VSOCK or a NETLINK_KOBJECT_UEVENT socket; openat2, io_uring_setup and clone3 fail with
+    ENOSYS (libc falls back to openat and clone); x32 syscalls fail with EPERM; a syscall of a
+    foreign ABI (i386, arm32) kills the process. Everything else is unchanged. First it leaves
+    the session keyring it inherited (the host's, on a PAM login or in a container) for a new,
+    empty one. Sets no_new_privs first, which the kernel requires without CAP_SYS_ADMIN.
 
     Raises OSError: ENOTSUP on a machine other than 64-bit x86_64 or aarch64 (the caller can
     then report weaker isolation), or the kernel's error if it cannot install the filter.
@@ -122,6 +177,7 @@ def refuse_setid_bits() -> None:
     machine = os.uname().machine if ctypes.sizeof(ctypes.c_void_p) == 8 else "32-bit"
     if machine not in ARCHES:
         raise OSError(errno.ENOTSUP, f"no seccomp filter for this machine ({machine})")
+    _join_fresh_session_keyring(REFUSED[machine][0]["keyctl"])
     program = _filter(machine)
     instructions = (_Instruction * len(program))(*program)
     fprog = _Program(len(instructions), instructions)
@@ -130,3 +186,11 @@ def refuse_setid_bits() -> None:
         ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0
     )
     check(result, "prctl(PR_SET_SECCOMP)")
+
+
+def _join_fresh_session_keyring(keyctl: int) -> None:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous session keyring, so that the
+    inherited one is no longer possessed (not even listed in /proc/keys). Best effort: where it
+    fails (no keys in the kernel, the uid's key quota), the filter still refuses every key
+    syscall."""
+    libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None)

@@ -63,7 +63,7 @@ class SnippetSettings:
     scratch_folders: tuple[str, ...]
     keep: tuple[str, ...]
     private_network: bool
-    no_setid_bits: bool
+    syscall_filter: bool
     sessions: int  # live sessions the worker may hold: processes of its uid
 
 
@@ -133,8 +133,8 @@ def _confine(settings: SnippetSettings, timeout: float, session: bool) -> None:
     # Again after the uid change, which clears it: the snippet dies with the zygote.
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     isolation.drop_capabilities()
-    if settings.no_setid_bits:
-        seccomp.refuse_setid_bits()
+    if settings.syscall_filter:
+        seccomp.confine_syscalls()
     if not settings.private_network:
         isolation.refuse_sockets()
 

@@ -42,6 +42,7 @@ from .snippet import (
     SnippetSettings,
     capped_text,
 )
+from .waits import poll_ms
 from .zygote import DESCRIPTORS, MAX_DATAGRAM, Zygote
 
 # Imported before any snippet runs. As root the snippet runs under a uid that may not be able
@@ -187,9 +188,12 @@ class WarmWorker:
                 "memory cgroup: memory is capped per process only, and at most"
                 f" {EXTRA_PROCESSES_WITHOUT_CGROUP} more processes"
             )
-        no_setid_bits = isolation.works_in_child(seccomp.refuse_setid_bits)
-        if not no_setid_bits:
-            self.missing.append("seccomp: snippets can set setuid bits on their private files")
+        syscall_filter = isolation.works_in_child(seccomp.confine_syscalls)
+        if not syscall_filter:
+            self.missing.append(
+                "seccomp: snippets can set setuid bits on their private files and use kernel"
+                " keys, new namespaces, Linux AIO, vsock and uevent sockets"
+            )
         if self.uid is None:
             self.missing.append("dedicated uid (not root): snippets run as the host user")
         # A session's leftovers are found below it, the init of its PID namespace.
@@ -215,7 +219,7 @@ class WarmWorker:
             scratch_folders=tuple(folders),
             keep=tuple(keep),
             private_network=self.private_network,
-            no_setid_bits=no_setid_bits,
+            syscall_filter=syscall_filter,
             sessions=sessions,
         )
         self._channel, self.zygote_pid = _start_zygote(self.settings, own_pid_namespace)
@@ -459,7 +463,7 @@ class WarmWorker:
                     status = "timeout"
                     break
                 # Once the child is gone, only drain what is already in the pipes.
-                ready = {fd for fd, _ in poller.poll(0 if exited else remaining * 1000)}
+                ready = {fd for fd, _ in poller.poll(0 if exited else poll_ms(remaining))}
                 if 0 in ready:
                     self._host_gone(child)
                 if pidfd in ready:

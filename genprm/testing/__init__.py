@@ -4,8 +4,9 @@
   log-probabilities (exact text for tests, in addition to tests on a real engine);
 - :mod:`.contract`: the behaviour checks every engine passes;
 - :mod:`.local_server`: a vLLM OpenAI-compatible server on 127.0.0.1 from another environment;
-- :mod:`.tokenizers`: production-family tokenizers built offline;
-- :mod:`.processes`: what runs, seen from /proc (the sandbox tests' leftover checks).
+- :mod:`.tokenizers`: production-family tokenizers built offline.
+
+This repository's own test helpers (process checks, a TCP proxy, ...) are in tests/support.
 """
 
 from .scripted import CharTokenizer, Scripted, ScriptedEngine

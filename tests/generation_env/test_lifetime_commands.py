@@ -18,11 +18,11 @@ import yaml
 
 from eval.processbench.data import DEFAULT_DATA_DIR
 from genprm.paths import default_model_path
-from genprm.testing.processes import ProcessTree, wait_for
+from tests.support.paths import REPO
+from tests.support.processes import ProcessTree, wait_for
 
 pytestmark = pytest.mark.vllm
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GSM8K = DEFAULT_DATA_DIR.parent / "gsm8k" / "test.jsonl"
 ENGINE = ["--engine", "vllm", "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048"]

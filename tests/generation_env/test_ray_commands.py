@@ -19,12 +19,12 @@ import pytest
 import yaml
 
 from eval.processbench.data import DEFAULT_DATA_DIR, load_splits
-from genprm.testing.processes import ProcessTree, wait_for
+from tests.support.paths import REPO
+from tests.support.processes import ProcessTree, wait_for
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.vllm
 
-REPO = Path(__file__).resolve().parents[2]
 GSM8K = DEFAULT_DATA_DIR.parent / "gsm8k" / "test.jsonl"
 ENGINE = ["--engine", "vllm", "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048"]
 RAY = ["--executor", "ray", "--ray-actors", "2", "--ray-shard-size", "1"]

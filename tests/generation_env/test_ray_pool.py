@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,24 @@ def test_on_actors_replays_writes_and_progress_in_order_here():
     assert sorted(lines) == ["w", "x", "yy", "zzz"]
     # each write is followed by its own progress call, shard by shard
     assert counted == [len(line) for line in lines]
+
+
+def test_on_actors_starts_the_pool_on_the_calling_thread_and_only_with_work(monkeypatch):
+    started_on = []
+    start = RayPool.start
+
+    def recording_start(self):
+        started_on.append(threading.current_thread())
+        start(self)
+
+    monkeypatch.setattr(RayPool, "start", recording_start)
+    with RayPool(RayOptions(actors=1, shard_size=2), Tools) as pool:
+        run = on_actors(pool, write_each)
+        asyncio.run(run([], lambda _: None))
+        assert started_on == [] and pool.actors == []
+        asyncio.run(run(["x"], lambda _: None))
+        assert started_on[0] is threading.main_thread()
+        assert len(pool.actors) == 1
 
 
 def test_an_engine_error_in_a_job_is_raised_here_as_an_engine_error():
