@@ -21,7 +21,7 @@ from tests.support.paths import REPO, SHARED_DATA
 from tests.support.processes import wait_for
 
 GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
-PROBLEMS, N = 2, 4
+PROBLEMS, N = 1, 4
 
 
 def bon_command(base_url: str, out: Path) -> list[str]:

@@ -134,7 +134,7 @@ def finished_lines(out: Path) -> dict[str, list[bytes]]:
 def test_kill_9_mid_stage_then_the_same_command_completes(vllm_servers, vllm_api_key, tmp_path):
     config = served_config(tmp_path, vllm_servers[0].base_url)
     out = tmp_path / "run"
-    command = synth("run", str(config), "--input", str(GSM8K), "--limit", "3", "--out", str(out))
+    command = synth("run", str(config), "--input", str(GSM8K), "--limit", "2", "--out", str(out))
     first = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -148,7 +148,7 @@ def test_kill_9_mid_stage_then_the_same_command_completes(vllm_servers, vllm_api
     assert before.get("rollout"), "nothing of the rollout stage was finished before the kill"
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-5000:]
-    check_chain(out, 3)
+    check_chain(out, 2)
     for name, lines in before.items():
         after = (out / f"{name}.jsonl").read_bytes().splitlines(keepends=True)
         assert after[: len(lines)] == lines, f"{name}: a record finished before the kill changed"

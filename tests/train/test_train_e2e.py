@@ -186,7 +186,7 @@ def test_packed_train_counts_the_conversations_in_each_row(
     strategy = GenPRMPromptStrategy(smollm2_tokenizer, smollm2_tokenizer.chat_template)
     length = len(strategy.tokenize_row(record)["input_ids"])
     sequence_len = 3 * length + length // 2  # room for 3, and padding after them
-    micro, accumulation, steps = 2, 2, 4
+    micro, accumulation, steps = 2, 1, 2
     per_step = sequence_len // length * micro * accumulation
     data = tmp_path / "packed.jsonl"
     copies = [{**record, "id": f"{record['id']}-{n}"} for n in range(per_step * steps)]
