@@ -23,6 +23,7 @@ from typing import Any
 
 from genprm.backends.types import Engine, SamplingParams
 from genprm.grading import extract_boxed
+from genprm.jsonl import InputError, input_lines, parse_line
 from genprm.paths import write_atomically
 from genprm.policy import AnswerGrader, policy_context, policy_request
 from genprm.runs import read_results
@@ -68,40 +69,36 @@ def read_samples(path: Path, limit: int | None = None, n: int | None = None) -> 
     samples: list[dict] = []
     seen: set[str] = set()
     per_problem: dict[str, int] = {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    for number, line in input_lines(path):
+        where = f"{path}:{number}"
+        record, problem = parse_line(line)
+        if problem:
+            raise InputError(f"{where}: {problem}")
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: a {type(record).__name__}, not a JSON object")
+        for key in REQUIRED:
+            if not isinstance(record.get(key), str):
+                raise InputError(f"{where}: {key!r} must be a string")
+        if record["id"] in seen:
+            raise InputError(f"{where}: duplicate id {record['id']!r}")
+        seen.add(record["id"])
+        problem_id = record["problem_id"]
+        if problem_id not in per_problem:
+            if limit is not None and len(per_problem) >= limit:
                 continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                raise ValueError(f"{where}: not JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: a {type(record).__name__}, not a JSON object")
-            for key in REQUIRED:
-                if not isinstance(record.get(key), str):
-                    raise ValueError(f"{where}: {key!r} must be a string")
-            if record["id"] in seen:
-                raise ValueError(f"{where}: duplicate id {record['id']!r}")
-            seen.add(record["id"])
-            problem_id = record["problem_id"]
-            if problem_id not in per_problem:
-                if limit is not None and len(per_problem) >= limit:
-                    continue
-                per_problem[problem_id] = 0
-            if n is not None and per_problem[problem_id] >= n:
-                continue
-            record.setdefault("index", per_problem[problem_id])
-            per_problem[problem_id] += 1
-            if not isinstance(record.get("steps"), list):
-                record["steps"] = split_paragraphs(record["text"])
-            if "final_answer" not in record:
-                record["final_answer"] = extract_boxed(record["text"])
-            correct = record.get("correct")
-            record["correct"] = correct if isinstance(correct, bool) else None
-            record.setdefault("tokens", None)
-            samples.append(record)
+            per_problem[problem_id] = 0
+        if n is not None and per_problem[problem_id] >= n:
+            continue
+        record.setdefault("index", per_problem[problem_id])
+        per_problem[problem_id] += 1
+        if not isinstance(record.get("steps"), list):
+            record["steps"] = split_paragraphs(record["text"])
+        if "final_answer" not in record:
+            record["final_answer"] = extract_boxed(record["text"])
+        correct = record.get("correct")
+        record["correct"] = correct if isinstance(correct, bool) else None
+        record.setdefault("tokens", None)
+        samples.append(record)
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples

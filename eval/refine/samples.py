@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from genprm.jsonl import InputError, input_lines, parse_line
 
 
 def read_samples(path: Path, limit: int | None = None) -> tuple[list[dict], int]:
@@ -15,28 +16,24 @@ def read_samples(path: Path, limit: int | None = None) -> tuple[list[dict], int]
     problem, and the problem id is the record's id."""
     records: dict[str, dict] = {}
     repeated = 0
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected an object with id, problem, answer, text")
-            for key in ("id", "problem", "answer", "text"):
-                if not isinstance(row.get(key), str) or (key != "text" and not row[key]):
-                    raise ValueError(f"{where}: `{key}` must be a string, got {row.get(key)!r}")
-            problem_id = row.get("problem_id", row["id"])
-            if not isinstance(problem_id, str) or not problem_id:
-                raise ValueError(f"{where}: `problem_id` must be a string, got {problem_id!r}")
-            if problem_id in records:
-                repeated += 1
-                continue
-            if limit is not None and len(records) >= limit:
-                continue
-            records[problem_id] = {k: row[k] for k in ("problem", "answer", "text")}
-            records[problem_id]["id"] = problem_id
+    for number, line in input_lines(path):
+        where = f"{path}:{number}"
+        row, problem = parse_line(line)
+        if problem:
+            raise InputError(f"{where}: {problem}")
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected an object with id, problem, answer, text")
+        for key in ("id", "problem", "answer", "text"):
+            if not isinstance(row.get(key), str) or (key != "text" and not row[key]):
+                raise InputError(f"{where}: `{key}` must be a string, got {row.get(key)!r}")
+        problem_id = row.get("problem_id", row["id"])
+        if not isinstance(problem_id, str) or not problem_id:
+            raise InputError(f"{where}: `problem_id` must be a string, got {problem_id!r}")
+        if problem_id in records:
+            repeated += 1
+            continue
+        if limit is not None and len(records) >= limit:
+            continue
+        records[problem_id] = {k: row[k] for k in ("problem", "answer", "text")}
+        records[problem_id]["id"] = problem_id
     return list(records.values()), repeated
